@@ -1,0 +1,124 @@
+"""`reasoning_vector`: target + Σ λ·(GRPO − SFT), as a mergekit merge method.
+
+Declared like mergekit's own methods (a spec of parameters and an input
+contract) and registered by name on import. The target is the recipe's
+`base_model`; each donor says `role: grpo` or `role: sft`, and optionally which
+`vector` it belongs to when a recipe adds several. `lambda` is an ordinary
+mergekit parameter, so filters and per-layer gradients apply.
+"""
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Any, Hashable, Optional, Sequence, Tuple
+
+import torch
+from mergekit.common import ModelReference
+from mergekit.merge_methods import registry
+from mergekit.merge_methods.base import (
+    BasePolicy,
+    GroupMergeMethod,
+    InputContract,
+    MergeMethodSpec,
+    ParameterScope,
+    ParameterSpec,
+    TensorGroup,
+)
+
+from mergekit_reasoning.compat import check_compatible
+from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.kernel import apply_vectors
+from mergekit_reasoning.roles import DEFAULT_VECTOR, Role, pair_donors
+
+NAME = "reasoning_vector"
+
+
+class ReasoningVectorMerge(GroupMergeMethod):
+    spec = MergeMethodSpec(
+        name=NAME,
+        pretty_name="Reasoning vector (target + λ·(GRPO − SFT))",
+        reference_url="https://arxiv.org/abs/2509.01363",
+        parameters=(
+            ParameterSpec("role", Role, ParameterScope.NON_BASE),
+            ParameterSpec("vector", str, ParameterScope.NON_BASE, default=DEFAULT_VECTOR),
+            ParameterSpec("lambda", float, ParameterScope.NON_BASE, default=1.0),
+        ),
+        contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=2),
+    )
+
+    def validate_inputs(
+        self,
+        input_ids: Sequence[Hashable],
+        base_id: Optional[Hashable] = None,
+        *,
+        group_name: Optional[str] = None,
+    ) -> None:
+        super().validate_inputs(input_ids, base_id, group_name=group_name)
+        if isinstance(base_id, ModelReference) and all(isinstance(i, ModelReference) for i in input_ids):
+            _check_for_stock_executor(tuple(input_ids), base_id)
+
+    def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
+        target = group.base.tensor
+        donors = [entry.id for entry in group.non_base]
+        tensors = {entry.id: entry.tensor for entry in group.non_base}
+        pairs = pair_donors(
+            donors,
+            parameters["role"],
+            parameters["vector"],
+            parameters["lambda"],
+            where=group.metadata.name or "",
+        )
+        merged = apply_vectors(
+            target,
+            [(tensors[p.grpo], tensors[p.sft], p.lam) for p in pairs],
+            vocab_axis=group.metadata.vocabulary_axis,
+        )
+        return merged.to(target.dtype)
+
+
+_OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)
+
+
+@contextmanager
+def own_executor():
+    """Plan for this package's executor, which checked the recipe itself."""
+    token = _OWN_EXECUTOR.set(True)
+    try:
+        yield
+    finally:
+        _OWN_EXECUTOR.reset(token)
+
+
+def _check_for_stock_executor(input_ids: Tuple[ModelReference, ...], base: ModelReference) -> None:
+    if not _OWN_EXECUTOR.get():
+        _check_models(input_ids, base)
+
+
+@lru_cache(maxsize=None)
+def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -> None:
+    """Check models before mergekit plans a tensor; refuse what its executor can't do.
+
+    mergekit's executor requires equal shapes and writes every planned tensor, so
+    resized vocabularies and untied donors of a tied target need this package's
+    own executor, which implements the documented policies for both.
+    """
+    from mergekit_reasoning.inputs import model_info
+
+    donors = [model_info(ref) for ref in input_ids if ref != base]
+    report = check_compatible(model_info(base), donors)
+    if report.vocab_rows or report.dropped_heads:
+        raise RecipeError(
+            f"{report.notes()[0]}; the stock mergekit executor cannot do this, "
+            "run `mergekit-reasoning merge RECIPE OUT` instead"
+        )
+
+
+reasoning_vector = ReasoningVectorMerge()
+
+
+def ensure_registered() -> None:
+    if NAME not in {m.spec.name for m in registry.registered_methods()}:
+        registry.register(reasoning_vector)
+
+
+ensure_registered()

@@ -1,0 +1,69 @@
+"""Which donor is the GRPO side and which the SFT side of which vector.
+
+A recipe names each donor's role (`grpo` or `sft`) and, for merges that add more
+than one vector, the `vector` it belongs to. Every vector needs exactly one of
+each role and one λ; anything else is an error that names the models involved.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Generic, Hashable, List, Mapping, Sequence, Tuple, TypeVar
+
+from typing_extensions import Literal
+
+from mergekit_reasoning.errors import RecipeError
+
+Role = Literal["grpo", "sft"]
+ROLES: Tuple[str, ...] = ("grpo", "sft")
+DEFAULT_VECTOR = "reasoning"
+
+M = TypeVar("M", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class VectorPair(Generic[M]):
+    """One reasoning vector: λ·(grpo − sft)."""
+
+    name: str
+    grpo: M
+    sft: M
+    lam: float
+
+
+def pair_donors(
+    donors: Sequence[M],
+    roles: Mapping[M, str],
+    vectors: Mapping[M, str],
+    lambdas: Mapping[M, float],
+    *,
+    where: str = "",
+) -> List[VectorPair[M]]:
+    """Group donors into vectors, in the order their first donor appears."""
+    suffix = f" (at {where})" if where else ""
+    by_vector: Dict[str, Dict[str, List[M]]] = {}
+    for donor in donors:
+        role = roles.get(donor)
+        if role is None:
+            raise RecipeError(f"model {donor} has no role: give it `role: grpo` or `role: sft`{suffix}")
+        if role not in ROLES:
+            raise RecipeError(f"model {donor} has unknown role {role!r}: use 'grpo' or 'sft'{suffix}")
+        name = vectors.get(donor, DEFAULT_VECTOR)
+        by_vector.setdefault(name, {r: [] for r in ROLES})[role].append(donor)
+
+    pairs = []
+    for name, members in by_vector.items():
+        for role in ROLES:
+            found = members[role]
+            if len(found) > 1:
+                names = ", ".join(map(str, found))
+                raise RecipeError(f"vector {name!r} has {len(found)} {role} models ({names}); it needs exactly one{suffix}")
+            if not found:
+                other = members[ROLES[1 - ROLES.index(role)]][0]
+                raise RecipeError(f"vector {name!r} has no {role} model to pair with {other}{suffix}")
+        grpo, sft = members["grpo"][0], members["sft"][0]
+        lam_g, lam_s = float(lambdas.get(grpo, 1.0)), float(lambdas.get(sft, 1.0))
+        if lam_g != lam_s:
+            raise RecipeError(
+                f"vector {name!r}: lambda {lam_g} on {grpo} differs from {lam_s} on {sft}; give both the same{suffix}"
+            )
+        pairs.append(VectorPair(name=name, grpo=grpo, sft=sft, lam=lam_g))
+    return pairs

@@ -1,0 +1,13 @@
+"""Files shipped with the package: the recipes under `recipes/`."""
+
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def recipes_dir() -> Path:
+    """`recipes/` beside the package in a checkout, or inside it once installed."""
+    for candidate in (_HERE.parent / "recipes", _HERE / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the recipes folder is not installed with this package")

@@ -1,0 +1,185 @@
+"""The project's own executor: one pass over the tensors, read → merge → write.
+
+mergekit plans the merge (tensor names, aliases, tied names, filters, gradients),
+so both executors resolve exactly the same inputs and parameters; this one then
+streams the plan tensor by tensor through mergekit's lazy loader and shard
+writer, prefetching the next tensor while the current one is merged. It also
+carries the policies mergekit's executor cannot express: vocabularies of
+different lengths and a tied target with untied donors. Given several λ values it
+reads the inputs once and writes one model per λ. Output goes to a temporary
+folder that is renamed into place only when complete.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from mergekit_reasoning.compat import HEAD
+from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.kernel import apply_vector_sets
+from mergekit_reasoning.recipe import CheckedRecipe
+from mergekit_reasoning.roles import pair_donors
+
+LOG = logging.getLogger(__name__)
+
+
+def merge(
+    checked: CheckedRecipe,
+    out_paths: Sequence[Path],
+    options,
+    *,
+    lambdas: Optional[Sequence[float]] = None,
+    overwrite: bool = False,
+) -> List[Path]:
+    """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ)."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+    from mergekit.plan import MergePlanner
+
+    from mergekit_reasoning.method import own_executor
+
+    outs = [Path(p) for p in out_paths]
+    if lambdas is not None and len(lambdas) != len(outs):
+        raise RecipeError(f"{len(lambdas)} lambda values but {len(outs)} output folders")
+    for out in outs:
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+
+    config = checked.config.model_copy(deep=True)
+    LoaderCache().setup(options=options)
+    arch_info = get_architecture_info(config, options)
+    cfg_out = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    with own_executor():
+        plan = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out).plan_in_memory()
+
+    target_tied = HEAD not in _target_names(checked)
+    device = torch.device(options.device or "cpu")
+    staging = [_staging_dir(out) for out in outs]
+    try:
+        with ExitStack() as stack:
+            writers = [stack.enter_context(_writer(path, options)) for path in staging]
+            _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
+        for path in staging:
+            _write_metadata(checked, cfg_out, arch_info, path, options)
+        for path, out in zip(staging, outs):
+            _move_into_place(path, out)
+    finally:
+        for path in staging:
+            shutil.rmtree(path, ignore_errors=True)
+    return outs
+
+
+def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None:
+    import tqdm
+
+    from mergekit.common import dtype_from_name
+
+    tasks = [t for t in plan if not (skip_head and t.weight_info.name == HEAD)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(_load, tasks[0]) if tasks else None
+        for index, task in enumerate(tqdm.tqdm(tasks, desc="Merging", disable=options.quiet)):
+            tensors = pending.result()
+            pending = pool.submit(_load, tasks[index + 1]) if index + 1 < len(tasks) else None
+            merged = _merge_one(task.tensor_task, tensors, device, lambdas)
+            out_dtype = dtype_from_name(task.dtype)
+            for writer, tensor in zip(writers, merged):
+                if out_dtype is not None:
+                    tensor = tensor.to(dtype=out_dtype)
+                writer.save_tensor(task.weight_info.name, tensor.to("cpu"), clone=options.clone_tensors)
+            del tensors, merged
+
+
+def _load(task) -> Dict:
+    """Read one output tensor's inputs, exactly as mergekit's LoadTensor tasks do."""
+    gather = task.tensor_task.gather_tensors
+    if type(gather).__name__ != "GatherTensors":
+        raise RecipeError("tokenizer alignment is not supported by the streaming executor")
+    loads = gather.arguments()
+    keys = {f"{model}:{info.name}": model for model, info in gather.weight_info.items()}
+    tensors = {}
+    for key, load in loads.items():
+        tensor = load.execute()
+        if tensor is None:
+            raise RecipeError(f"model {keys[key]}: tensor {load.tensor} is missing")
+        tensors[keys[key]] = tensor
+    return tensors
+
+
+def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch.Tensor]:
+    """The method's arithmetic for one tensor (see method.ReasoningVectorMerge)."""
+    name = task.output_weight.name
+    target = tensors[task.base_model].to(device)
+    donors = [m for m in task.model_order if m != task.base_model]
+    params = task.input_parameters
+    pairs = pair_donors(
+        donors,
+        {m: params[m]["role"] for m in donors},
+        {m: params[m]["vector"] for m in donors},
+        {m: params[m]["lambda"] for m in donors},
+        where=name,
+    )
+    lambda_sets = [[p.lam for p in pairs]] if lambdas is None else [[lam] * len(pairs) for lam in lambdas]
+    results = apply_vector_sets(
+        target,
+        [(tensors[p.grpo].to(device), tensors[p.sft].to(device)) for p in pairs],
+        lambda_sets,
+        vocab_axis=task.output_weight.vocabulary_axis,
+    )
+    return [r.to(target.dtype) for r in results]
+
+
+def _target_names(checked: CheckedRecipe):
+    from mergekit_reasoning.inputs import model_info
+
+    return model_info(checked.config.base_model).shapes
+
+
+def _staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _writer(path: Path, options):
+    from mergekit.io.tensor_writer import TensorWriter
+
+    return TensorWriter(
+        str(path),
+        max_shard_size=options.out_shard_size,
+        safe_serialization=options.safe_serialization,
+        use_async=True,
+        max_write_threads=1,
+    )
+
+
+def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, options) -> None:
+    """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
+    from mergekit.card import generate_card
+    from mergekit.merge import _copy_tagalong_files, _copy_tokenizer
+
+    config = checked.config
+    cfg_out.save_pretrained(str(path))
+    if options.write_model_card:
+        card = generate_card(config=config, config_yaml=checked.text, name=path.name)
+        (path / "README.md").write_text(card, encoding="utf-8")
+        (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
+    if options.copy_tokenizer:
+        _copy_tokenizer(config, str(path), options=options)
+    _copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
