@@ -33,3 +33,22 @@ def ulp_error(merged: torch.Tensor, exact: torch.Tensor) -> float:
         return 0.0
     distance = (merged.to(torch.float64) - exact).abs()
     return float((distance / ulp(exact, merged.dtype)).max())
+
+
+def error_bound(target: torch.Tensor, vectors, out_dtype: torch.dtype) -> torch.Tensor:
+    """Per element: half an output ulp (the final rounding) plus the float32 (or
+    float64) arithmetic error of three roundings on the magnitudes involved."""
+    exact = exact_merge(target, vectors)
+    compute = torch.float64 if out_dtype == torch.float64 or target.dtype == torch.float64 else torch.float32
+    magnitude = target.to(torch.float64).abs()
+    for grpo, sft, lam in vectors:
+        magnitude = magnitude + abs(lam) * (grpo.to(torch.float64).abs() + sft.to(torch.float64).abs())
+    return 0.5 * ulp(exact, out_dtype) + 3 * torch.finfo(compute).eps * magnitude
+
+
+def bound_ratio(merged: torch.Tensor, target: torch.Tensor, vectors) -> float:
+    """Largest |merged − exact| / error_bound: at most 1 for a correct merge."""
+    if merged.numel() == 0:
+        return 0.0
+    distance = (merged.to(torch.float64) - exact_merge(target, vectors)).abs()
+    return float((distance / error_bound(target, vectors, merged.dtype)).max())
