@@ -77,12 +77,15 @@ def isolation() -> str:
 
 def _command(program: Path, mode: str) -> List[str]:
     python = [sys.executable, "-I", str(program)]
-    ns = ["--net", "--pid", "--fork", "--kill-child"]
+    # A shell as PID 1 of the new namespace keeps the program at PID 2, where signals
+    # follow the ordinary rules; when the shell exits the kernel kills whatever is left.
+    init = ["/bin/sh", "-c", '"$0" "$@"; exit $?']
+    ns = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
     if mode == "nobody":
         drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        return ["unshare", *ns, *drop, *python]
+        return [*ns, *init, *drop, *python]
     if mode == "namespaces":
-        return ["unshare", "--user", "--map-root-user", *ns, *python]
+        return [ns[0], "--user", "--map-root-user", *ns[1:], *init, *python]
     return python
 
 
