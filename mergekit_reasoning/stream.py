@@ -58,7 +58,8 @@ def merge(
     arch_info = get_architecture_info(config, options)
     cfg_out = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
     with own_executor():
-        plan = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out).plan_in_memory()
+        planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
+        plan = [t for t in planner.plan_to_disk(out_path=str(outs[0])) if type(t).__name__ == "SaveTensor"]
 
     target_tied = HEAD not in _target_names(checked)
     device = torch.device(options.device or "cpu")
@@ -82,7 +83,7 @@ def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None
 
     from mergekit.common import dtype_from_name
 
-    tasks = [t for t in plan if not (skip_head and t.weight_info.name == HEAD)]
+    tasks = [t for t in plan if not (skip_head and t.tensor_name == HEAD)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         pending = pool.submit(_load, tasks[0]) if tasks else None
         for index, task in enumerate(tqdm.tqdm(tasks, desc="Merging", disable=options.quiet)):
@@ -93,7 +94,7 @@ def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None
             for writer, tensor in zip(writers, merged):
                 if out_dtype is not None:
                     tensor = tensor.to(dtype=out_dtype)
-                writer.save_tensor(task.weight_info.name, tensor.to("cpu"), clone=options.clone_tensors)
+                writer.save_tensor(task.tensor_name, tensor.to("cpu"), clone=options.clone_tensors)
             del tensors, merged
 
 

@@ -1,0 +1,64 @@
+"""What exactly was scored: model identities (content hash or hub revision) and package versions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Dict
+
+from .errors import BenchError
+
+PACKAGES = ("mergekit-reasoning", "lm_eval", "torch", "transformers", "datasets", "mergekit", "accelerate")
+
+
+def is_local(ref: str) -> bool:
+    """A folder, or something written like a path; otherwise a hub id such as `org/name`."""
+    return os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.count("/") != 1
+
+
+def check_model(label: str, ref: str) -> None:
+    """Fail early, naming the label, when a local model folder is not loadable."""
+    if not is_local(ref):
+        return
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        raise BenchError(f"cannot load model {label!r}: {ref} is not a folder or a hub id")
+    if not (path / "config.json").is_file():
+        raise BenchError(f"cannot load model {label!r}: {ref} has no config.json")
+
+
+def content_hash(folder: Path) -> str:
+    """SHA-256 over every file's relative name and bytes, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(ref: str) -> dict:
+    if is_local(ref):
+        path = Path(ref).expanduser().resolve()
+        return {"source": "local", "path": str(path), "sha256": content_hash(path)}
+    revision = None
+    try:
+        from huggingface_hub import HfApi
+
+        revision = HfApi().model_info(ref).sha
+    except Exception:  # offline or private: record that it could not be pinned
+        pass
+    return {"source": "hub", "id": ref, "revision": revision}
+
+
+def package_versions() -> Dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -1,0 +1,76 @@
+"""PNG plots: headline scores per model, and score-versus-λ lines for a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+from .report import primary_scores
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series_name(s: dict) -> str:
+    name = s["task"] + (" (adversarial)" if s["variant"] != "plain" else "")
+    return name if s["condition"] == "plain" else f"{name} [{s['condition']}]"
+
+
+def plot_scores(document: dict, path: Path) -> Path:
+    """Grouped bars: one group per task (and condition), one bar per model label, stderr whiskers."""
+    plt = _pyplot()
+    labels = list(document["models"])
+    scores = primary_scores(document)
+    groups: List[str] = []
+    for s in scores:
+        if _series_name(s) not in groups:
+            groups.append(_series_name(s))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(labels)) / 2), 4))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        by_group = {_series_name(s): s for s in scores if s["label"] == label}
+        xs = [g + i * width for g in range(len(groups))]
+        vals = [100 * (by_group[g]["value"] or 0) if g in by_group else 0 for g in groups]
+        errs = [100 * (by_group[g].get("stderr") or 0) if g in by_group else 0 for g in groups]
+        ax.bar(xs, vals, width, yerr=errs, capsize=3, label=label)
+    ax.set_xticks([g + width * (len(labels) - 1) / 2 for g in range(len(groups))])
+    ax.set_xticklabels(groups, rotation=20, ha="right")
+    ax.set_ylabel("score (%)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(document: dict, lambdas: Dict[str, float], path: Path) -> Path:
+    """Score against λ, one line per task (and variant/condition), with stderr bands."""
+    plt = _pyplot()
+    lines: Dict[str, list] = {}
+    for s in primary_scores(document):
+        if s["label"] in lambdas:
+            lines.setdefault(_series_name(s), []).append((lambdas[s["label"]], s))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in lines.items():
+        points.sort(key=lambda p: p[0])
+        xs = [p[0] for p in points]
+        ys = [100 * (p[1]["value"] or 0) for p in points]
+        es = [100 * (p[1].get("stderr") or 0) for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+        ax.fill_between(xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)], alpha=0.15)
+    ax.set_xlabel("λ")
+    ax.set_ylabel("score (%)")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,106 @@
+"""Turn lm-eval's result dicts into flat score records, and cache them per scoring unit.
+
+A unit is one (model, condition, task, variant). Its records (and samples, when asked)
+are stored under `out_dir/cache/<key>.json`, where the key hashes everything that
+decides the score; a rerun or an interrupted λ sweep reuses every finished unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+_NOT_METRICS = {"alias", "name", "sample_len", "sample_count", " ", "samples"}
+
+
+def unit_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_unit(cache_dir: Path, key: str) -> Optional[dict]:
+    path = cache_dir / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # a torn write from an interrupted run: redo it
+        return None
+
+
+def save_unit(cache_dir: Path, key: str, unit: dict) -> None:
+    """Write atomically, so an interruption never leaves a half unit that looks finished."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(jsonable(unit)))
+    os.replace(tmp, cache_dir / f"{key}.json")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars, tuples, NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _metrics(entry: dict) -> List[dict]:
+    out = []
+    for key, value in entry.items():
+        if key in _NOT_METRICS or "," not in key or "_stderr," in key:
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = entry.get(f"{metric}_stderr,{filt}")
+        out.append({
+            "metric": metric,
+            "filter": filt,
+            "value": jsonable(value),
+            "stderr": jsonable(stderr) if isinstance(stderr, (int, float)) or hasattr(stderr, "item") else None,
+        })
+    return out
+
+
+def records_for(res: dict, lm_name: str) -> List[dict]:
+    """Score records for one lm-eval task or group (a group also yields its subtasks)."""
+    results, nsamp = res["results"], res.get("n-samples", {})
+    subtasks = res.get("group_subtasks", {}).get(lm_name, [])
+    out = []
+    for name in [lm_name, *subtasks]:
+        if name not in results:
+            continue
+        n = nsamp.get(name, {}).get("effective")
+        if n is None and name == lm_name and subtasks:
+            n = sum(nsamp.get(s, {}).get("effective", 0) for s in subtasks)
+        sub = None if name == lm_name else name.rsplit("_fewshot_", 1)[-1]
+        for m in _metrics(results[name]):
+            out.append({"subtask": sub, "n": n, **m})
+    return out
+
+
+def samples_for(res: dict, lm_name: str) -> Dict[str, list]:
+    """Per-sample outputs, compacted: document id, target, raw and filtered responses, scores."""
+    names = [lm_name, *res.get("group_subtasks", {}).get(lm_name, [])]
+    out = {}
+    for name in names:
+        rows = res.get("samples", {}).get(name)
+        if rows is None:
+            continue
+        keep = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics")
+        out[name] = [
+            {**{k: row.get(k) for k in keep}, "scores": {m: row.get(m) for m in row.get("metrics", [])}}
+            for row in rows
+        ]
+    return jsonable(out)

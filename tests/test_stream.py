@@ -1,0 +1,94 @@
+"""`mergekit-reasoning merge`: same bits as stock mergekit, plus the policies it can't do."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import recipe_dict
+from helpers import assert_bitwise_equal, bits, file_hashes, read_tensors
+from mergekit_runs import mergekit_yaml, ours
+from mergekit_reasoning.reference import bound_ratio
+
+HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
+
+
+@pytest.mark.parametrize("which", ["trio", "untied_trio"])
+def test_bitwise_identical_to_stock_mergekit_yaml(which, request, tmp_path):
+    t = request.getfixturevalue(which)
+    recipe = recipe_dict(t["target"], t["grpo"], t["sft"], 0.7)
+    assert mergekit_yaml(recipe, tmp_path, tmp_path / "stock").returncode == 0
+    done = ours("merge", recipe, tmp_path, str(tmp_path / "ours"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert_bitwise_equal(read_tensors(tmp_path / "ours"), read_tensors(tmp_path / "stock"))
+    assert file_hashes(tmp_path / "ours") == file_hashes(tmp_path / "stock")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "mergekit_config.yml"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "stock" / name).read_bytes(), name
+
+
+def test_sharded_output_is_identical_tensor_for_tensor(trio, tmp_path):
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
+    assert mergekit_yaml(recipe, tmp_path, tmp_path / "stock", "--out-shard-size", "20K").returncode == 0
+    done = ours("merge", recipe, tmp_path, str(tmp_path / "ours"), "--out-shard-size", "20K", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert len(file_hashes(tmp_path / "ours")) > 1
+    assert (tmp_path / "ours" / "model.safetensors.index.json").exists()
+    assert_bitwise_equal(read_tensors(tmp_path / "ours"), read_tensors(tmp_path / "stock"))
+
+
+def test_sweep_reads_once_and_equals_separate_merges(trio, tmp_path):
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
+    done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "0.5", "--lambda", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    for lam in (-1.0, 0.5, 1.0):
+        single = recipe_dict(trio["target"], trio["grpo"], trio["sft"], lam)
+        assert mergekit_yaml(single, tmp_path, tmp_path / f"single{lam}").returncode == 0
+        assert_bitwise_equal(read_tensors(tmp_path / "sweep" / f"lambda_{lam:g}"), read_tensors(tmp_path / f"single{lam}"))
+
+
+def test_resized_vocabulary_policy(trio, make_model, tmp_path):
+    grpo = make_model("grpo-resized", like_seed=3, vocab_rows=480)  # a fine-tune that trimmed its vocabulary
+    done = ours("merge", recipe_dict(trio["target"], grpo, trio["sft"]), tmp_path, str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "warning: model.embed_tokens.weight: vocabulary rows differ; the vector applies to the 480 shared rows" in done.stderr
+    merged, t, g, s = (read_tensors(p) for p in (tmp_path / "out", trio["target"], grpo, trio["sft"]))
+    assert merged[EMBED].shape == t[EMBED].shape
+    assert bound_ratio(merged[EMBED][:480], t[EMBED][:480], [(g[EMBED], s[EMBED][:480], 1.0)]) <= 1.0
+    assert torch.equal(bits(merged[EMBED][480:]), bits(t[EMBED][480:]))
+
+
+def test_tied_target_with_untied_donors_stays_tied(trio, untied_trio, tmp_path):
+    recipe = recipe_dict(trio["target"], untied_trio["grpo"], untied_trio["sft"])
+    done = ours("merge", recipe, tmp_path, str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "output stays tied" in done.stderr
+    merged = read_tensors(tmp_path / "out")
+    assert HEAD not in merged
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
+    t, g, s = (read_tensors(p) for p in (trio["target"], untied_trio["grpo"], untied_trio["sft"]))
+    assert bound_ratio(merged[EMBED], t[EMBED], [(g[EMBED], s[EMBED], 1.0)]) <= 1.0
+
+
+def test_refuses_a_non_empty_output_and_replaces_it_only_when_asked(trio, tmp_path):
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    done = ours("merge", recipe, tmp_path, str(out), "--quiet")
+    assert done.returncode == 1 and "is not empty" in done.stderr and (out / "keep.txt").exists()
+    done = ours("merge", recipe, tmp_path, str(out), "--quiet", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failed_merge_leaves_nothing_that_looks_complete(trio, make_model, tmp_path):
+    broken = make_model("truncated")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = ours("merge", recipe_dict(trio["target"], broken, trio["sft"]), tmp_path, str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: model {broken}")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
