@@ -31,7 +31,7 @@ def plot_scores(document: dict, path: Path) -> Path:
     for s in scores:
         if _series_name(s) not in groups:
             groups.append(_series_name(s))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(labels)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(24, 3 + 0.4 * len(groups) * max(1, len(labels))), 4.5))
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         by_group = {_series_name(s): s for s in scores if s["label"] == label}

@@ -1,0 +1,85 @@
+"""`mergekit-reasoning bench`: the click command. Cheap to import; lm_eval loads when it runs."""
+
+from __future__ import annotations
+
+import click
+
+from .errors import BenchError
+
+DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
+
+
+def _labelled(values) -> dict:
+    models = {}
+    for value in values:
+        label, sep, ref = value.partition("=")
+        if not sep or not label or not ref:
+            raise BenchError(f"--model expects LABEL=PATH_OR_HUB_ID, got {value!r}")
+        if label in models:
+            raise BenchError(f"model label {label!r} given twice")
+        models[label] = ref
+    return models
+
+
+def _batch(value: str):
+    return value if value == "auto" else int(value)
+
+
+@click.command("bench")
+@click.option("--model", "models", multiple=True, metavar="LABEL=PATH", help="A labelled model: local folder or hub id. Repeat.")
+@click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="Comma list of gsm8k (= gsm8k_cot,gsm8k_5shot), gsm8k_cot, gsm8k_5shot, humaneval, sciq, bbh.")
+@click.option("--conditions", default="plain", show_default=True, help="Comma list of plain, think, chat, think+chat.")
+@click.option("--adversarial", is_flag=True, help="Also score GSM8K with seeded distractor sentences.")
+@click.option("--adversarial-seed", default=0, show_default=True)
+@click.option("--baseline", help="Label the deltas are taken against (default: the first model).")
+@click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies laid out like shared/data (default: the hub).")
+@click.option("--limit", type=int, help="Score only the first N examples of each task.")
+@click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
+@click.option("--device", help="cuda, cuda:1, cpu ... (default: cuda if available).")
+@click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
+@click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
+@click.option("--no-plots", is_flag=True)
+@click.option("--sweep", "sweep", help="λ values (comma list): merge and score each; needs --target, --sft, --grpo.")
+@click.option("--target", help="Target (instruct) model for --sweep.")
+@click.option("--sft", help="SFT model for --sweep.")
+@click.option("--grpo", help="GRPO model for --sweep.")
+def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, out_dir, data_dir, limit,
+          batch_size, device, max_gen_toks, log_samples, no_plots, sweep, target, sft, grpo):
+    """Score labelled models (or a λ sweep) on GSM8K, HumanEval, SciQ and BBH.
+
+    Writes OUT/table.md, OUT/results.json and OUT/plots/*.png; finished scores are
+    cached in OUT/cache, so an interrupted run resumes where it stopped.
+    """
+    try:
+        options = dict(
+            conditions=conditions, data_dir=data_dir, limit=limit, adversarial=adversarial,
+            adversarial_seed=adversarial_seed, batch_size=_batch(batch_size), device=device,
+            max_gen_toks=max_gen_toks, log_samples=log_samples, plots=not no_plots, baseline=baseline,
+        )
+        if sweep:
+            if models:
+                raise BenchError("--sweep and --model cannot be combined")
+            if not (target and sft and grpo):
+                raise BenchError("--sweep needs --target, --sft and --grpo")
+            try:
+                lambdas = [float(x) for x in sweep.split(",") if x.strip()]
+            except ValueError:
+                raise BenchError(f"--sweep expects numbers, got {sweep!r}") from None
+            from .sweep import run_sweep
+
+            run_sweep(target, sft, grpo, lambdas, tasks, out_dir, **options)
+        else:
+            if not models:
+                raise BenchError("give at least one --model LABEL=PATH (or --sweep)")
+            from .runner import run_bench
+
+            run_bench(_labelled(models), tasks, out_dir=out_dir, **options)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name or exc} is missing: install the benchmark extra, pip install 'mergekit-reasoning[bench]'"
+        ) from None
+    click.echo(open(f"{out_dir}/table.md").read())
+    click.echo(f"results: {out_dir}/results.json")
