@@ -1,0 +1,97 @@
+"""Task names, conditions, task configs and answer extraction (lm-eval's filters on our YAMLs)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergekit_reasoning.bench import BenchError
+from mergekit_reasoning.bench.conditions import Condition, parse_conditions
+from mergekit_reasoning.bench.registry import BBH_SUBTASKS, TASKS_DIR, expand
+
+lm_eval = pytest.importorskip("lm_eval")
+
+
+def test_task_names_expand_and_unknown_is_one_clear_error():
+    assert expand("gsm8k,sciq") == ["gsm8k_cot", "gsm8k_5shot", "sciq"]
+    assert expand(["BBH", "humaneval", "bbh"]) == ["bbh", "humaneval"]
+    with pytest.raises(BenchError, match="unknown task 'mmlu'"):
+        expand("gsm8k,mmlu")
+
+
+def test_conditions():
+    assert [c.name for c in parse_conditions("plain,think,chat,think+chat")] == ["plain", "think", "plain+chat", "think+chat"]
+    assert parse_conditions(None) == [Condition()]
+    assert parse_conditions("think")[0].system_instruction
+    with pytest.raises(BenchError, match="unknown condition"):
+        parse_conditions("loud")
+
+
+def test_all_27_bbh_subtasks_and_their_exemplars_match_lm_eval():
+    assert len(BBH_SUBTASKS) == 27
+    theirs_dir = Path(lm_eval.__file__).parent / "tasks" / "bbh" / "cot_fewshot"
+    for name in BBH_SUBTASKS:
+        ours = yaml.safe_load((TASKS_DIR / f"mkr_bbh_cot_fewshot_{name}.yaml").read_text())
+        theirs = yaml.safe_load((theirs_dir / f"{name}.yaml").read_text())
+        for key in ("description", "doc_to_text"):
+            assert ours[key] == theirs[key], (name, key)
+        assert ours["fewshot_config"]["samples"] == theirs["fewshot_config"]["samples"], name
+
+
+def test_gsm8k_prompts_filters_and_stops_match_lm_eval():
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    base = Path(lm_eval.__file__).parent / "tasks" / "gsm8k"
+    for ours_name, theirs_name in (("mkr_gsm8k_cot", "gsm8k-cot"), ("mkr_gsm8k", "gsm8k")):
+        ours = load_yaml(TASKS_DIR / f"{ours_name}.yaml", resolve_func=False)
+        theirs = load_yaml(base / f"{theirs_name}.yaml", resolve_func=False)
+        for key in ("doc_to_text", "filter_list", "generation_kwargs", "metric_list", "num_fewshot"):
+            assert ours[key] == theirs[key], (ours_name, key)
+        assert ours.get("fewshot_config") == theirs.get("fewshot_config")
+
+
+def test_task_manager_indexes_every_task():
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    names = set(tm.all_tasks)
+    assert {"mkr_gsm8k", "mkr_gsm8k_cot", "mkr_gsm8k_adv", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_humaneval", "mkr_bbh_cot_fewshot"} <= names
+    assert all(f"mkr_bbh_cot_fewshot_{n}" in names for n in BBH_SUBTASKS)
+
+
+@pytest.mark.parametrize(
+    "task, response, expected",
+    [
+        ("gsm8k_cot", "3 + 4 = 7 apples. The answer is 7.", {"strict-match": "7", "flexible-extract": "7."}),
+        ("gsm8k_cot", "He pays $1,200 in total. The answer is 1,200.", {"strict-match": "1,200", "flexible-extract": "1,200."}),
+        ("gsm8k_cot", "The answer is -3.", {"strict-match": "-3", "flexible-extract": "-3."}),
+        ("gsm8k_cot", "I think it is 12 or maybe 15", {"strict-match": "[invalid]", "flexible-extract": "15"}),
+        ("gsm8k_5shot", "4 * 3 = 12\n#### 12", {"strict-match": "12", "flexible-extract": "12"}),
+        ("gsm8k_5shot", "no number here", {"strict-match": "[invalid]", "flexible-extract": "[invalid]"}),
+        ("bbh", "Both are false. So the answer is (B).", {"get-answer": "(B)"}),
+        ("bbh", "So the answer is No.", {"get-answer": "No"}),
+        ("bbh", "I cannot tell", {"get-answer": "[invalid]"}),
+    ],
+)
+def test_answer_extraction(task, response, expected):
+    from mergekit_reasoning.bench.extract import extract
+
+    assert extract(task, response) == expected
+
+
+def test_exact_match_normalisation_matches_gold():
+    """GSM8K's exact_match ignores commas, $ and a final period, as lm-eval's YAML says."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    metric = load_yaml(TASKS_DIR / "mkr_gsm8k_cot.yaml", resolve_func=False)["metric_list"][0]
+    kwargs = {k: metric[k] for k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore")}
+    score = exact_match_hf_evaluate(predictions=["1,200."], references=["1200"], **kwargs)["exact_match"]
+    assert score == 1.0
+
+
+def test_humaneval_program_is_prompt_plus_completion():
+    from mergekit_reasoning.bench.extract import extract
+
+    out = extract("humaneval", "    return a + b", {"prompt": "def add(a, b):\n"})
+    assert out == {"create_test": ["def add(a, b):\n    return a + b"]}
