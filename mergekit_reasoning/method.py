@@ -10,7 +10,7 @@ mergekit parameter, so filters and per-layer gradients apply.
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Any, Hashable, Optional, Sequence, Tuple
+from typing import Any, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from mergekit.common import ModelReference
@@ -27,7 +27,7 @@ from mergekit.merge_methods.base import (
 
 from mergekit_reasoning.compat import check_compatible
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.kernel import apply_vectors
+from mergekit_reasoning.kernel import apply_vector_sets
 from mergekit_reasoning.roles import DEFAULT_VECTOR, Role, pair_donors
 
 NAME = "reasoning_vector"
@@ -58,22 +58,43 @@ class ReasoningVectorMerge(GroupMergeMethod):
             _check_for_stock_executor(tuple(input_ids), base_id)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
-        target = group.base.tensor
-        donors = [entry.id for entry in group.non_base]
-        tensors = {entry.id: entry.tensor for entry in group.non_base}
-        pairs = pair_donors(
-            donors,
+        (merged,) = merge_tensor(
+            group.base.tensor,
+            {entry.id: entry.tensor for entry in group.non_base},
             parameters["role"],
             parameters["vector"],
             parameters["lambda"],
-            where=group.metadata.name or "",
-        )
-        merged = apply_vectors(
-            target,
-            [(tensors[p.grpo], tensors[p.sft], p.lam) for p in pairs],
+            name=group.metadata.name or "",
             vocab_axis=group.metadata.vocabulary_axis,
         )
-        return merged.to(target.dtype)
+        return merged
+
+
+def merge_tensor(
+    target: torch.Tensor,
+    donors: Mapping[Hashable, torch.Tensor],
+    roles: Mapping[Hashable, str],
+    vectors: Mapping[Hashable, str],
+    lambdas: Mapping[Hashable, float],
+    *,
+    name: str,
+    vocab_axis: Optional[int] = None,
+    lambda_values: Optional[Sequence[float]] = None,
+) -> List[torch.Tensor]:
+    """One output tensor, in the target's dtype, for both executors.
+
+    Returns one tensor for the recipe's λ, or one per value of `lambda_values`
+    (a sweep, where each value replaces every vector's λ).
+    """
+    pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
+    if lambda_values is None:
+        lambda_sets = [[pair.lam for pair in pairs]]
+    else:
+        lambda_sets = [[lam] * len(pairs) for lam in lambda_values]
+    results = apply_vector_sets(
+        target, [(donors[p.grpo], donors[p.sft]) for p in pairs], lambda_sets, vocab_axis=vocab_axis
+    )
+    return [result.to(target.dtype) for result in results]
 
 
 _OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)

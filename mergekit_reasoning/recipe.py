@@ -28,8 +28,6 @@ class CheckedRecipe:
 
 def load_recipe(path: Path) -> Tuple[str, Any]:
     """Parse a recipe file with mergekit's own configuration schema."""
-    from mergekit.config import MergeConfiguration
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:

@@ -23,9 +23,7 @@ import torch
 
 from mergekit_reasoning.compat import HEAD
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.kernel import apply_vector_sets
 from mergekit_reasoning.recipe import CheckedRecipe
-from mergekit_reasoning.roles import pair_donors
 
 LOG = logging.getLogger(__name__)
 
@@ -115,26 +113,20 @@ def _load(task) -> Dict:
 
 
 def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch.Tensor]:
-    """The method's arithmetic for one tensor (see method.ReasoningVectorMerge)."""
-    name = task.output_weight.name
-    target = tensors[task.base_model].to(device)
+    from mergekit_reasoning.method import merge_tensor
+
     donors = [m for m in task.model_order if m != task.base_model]
     params = task.input_parameters
-    pairs = pair_donors(
-        donors,
+    return merge_tensor(
+        tensors[task.base_model].to(device),
+        {m: tensors[m].to(device) for m in donors},
         {m: params[m]["role"] for m in donors},
         {m: params[m]["vector"] for m in donors},
         {m: params[m]["lambda"] for m in donors},
-        where=name,
-    )
-    lambda_sets = [[p.lam for p in pairs]] if lambdas is None else [[lam] * len(pairs) for lam in lambdas]
-    results = apply_vector_sets(
-        target,
-        [(tensors[p.grpo].to(device), tensors[p.sft].to(device)) for p in pairs],
-        lambda_sets,
+        name=task.output_weight.name,
         vocab_axis=task.output_weight.vocabulary_axis,
+        lambda_values=lambdas,
     )
-    return [r.to(target.dtype) for r in results]
 
 
 def _target_names(checked: CheckedRecipe):
@@ -172,7 +164,10 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
         (path / "README.md").write_text(card, encoding="utf-8")
         (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
     if options.copy_tokenizer:
-        _copy_tokenizer(config, str(path), options=options)
+        try:
+            _copy_tokenizer(config, str(path), options=options)
+        except Exception as error:  # as mergekit-yaml: the weights are still good
+            LOG.error("Failed to copy the tokenizer (%s); copy it from the target yourself.", error)
     _copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)
 
 
