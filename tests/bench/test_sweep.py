@@ -1,0 +1,88 @@
+"""λ sweep: each λ merged with reasoning_vector and scored; a rerun redoes nothing finished."""
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("matplotlib")
+
+LAMBDAS = [0.0, 0.5, 1.0]
+
+
+def _spies(monkeypatch):
+    import lm_eval
+    import mergekit.merge
+
+    calls = {"merge": [], "score": []}
+    real_merge, real_eval = mergekit.merge.run_merge, lm_eval.simple_evaluate
+
+    def merge(config, out, *a, **k):
+        calls["merge"].append(config.parameters["lambda"] if config.parameters else None)
+        return real_merge(config, out, *a, **k)
+
+    def score(*a, **k):
+        calls["score"].append(k["model"].pretrained if hasattr(k["model"], "pretrained") else k["model"])
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(mergekit.merge, "run_merge", merge)
+    monkeypatch.setattr(lm_eval, "simple_evaluate", score)
+    return calls
+
+
+def _sweep(trio, out, data):
+    from mergekit_reasoning.bench import run_sweep
+
+    return run_sweep(
+        trio["target"], trio["sft"], trio["grpo"], LAMBDAS, "sciq", out,
+        data_dir=str(data), limit=2, batch_size=4, progress=False,
+    )
+
+
+def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    calls = _spies(monkeypatch)
+    doc = _sweep(trio, out, fixture_data)
+    assert sorted(calls["merge"]) == [0.5, 1.0]  # λ = 0 is the target itself
+    assert len(calls["score"]) == 3
+    assert doc["settings"]["sweep"]["lambdas"] == LAMBDAS
+    assert doc["settings"]["baseline"] == "lambda=0"
+    assert set(doc["models"]) == {"lambda=0", "lambda=0.5", "lambda=1"}
+    assert len({m["sha256"] for m in doc["models"].values()}) == 3
+    sciq = [s for s in doc["scores"] if s["metric"] == "acc_norm"]
+    assert len(sciq) == 3 and all(s["stderr"] is not None for s in sciq)
+    assert (out / "plots" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    merged = out / "merges" / "lambda=0.5"
+    assert json.loads((merged / ".merge-complete").read_text())["config"]["parameters"]["lambda"] == 0.5
+    assert "Δ lambda=1" in (out / "table.md").read_text()
+
+    # A rerun finds everything done.
+    calls["merge"].clear(), calls["score"].clear()
+    again = _sweep(trio, out, fixture_data)
+    assert calls == {"merge": [], "score": []}
+    assert again["scores"] == doc["scores"]
+
+    # An interruption: λ=0.5's merge never finished and one finished score was lost.
+    shutil.move(merged, merged.with_name("lambda=0.5.partial"))
+    (merged.with_name("lambda=0.5.partial") / ".merge-complete").unlink()
+    next(iter(sorted((out / "cache").glob("*.json")))).unlink()
+    resumed = _sweep(trio, out, fixture_data)
+    assert calls["merge"] == [0.5]  # only the unfinished merge is redone
+    assert len(calls["score"]) == 1  # only the lost unit is scored (the re-merge is bit-identical)
+    assert resumed["models"] == doc["models"]
+    assert resumed["scores"] == doc["scores"]
+    assert not merged.with_name("lambda=0.5.partial").exists()
+
+
+def test_sweep_cli_needs_its_three_models(trio, tmp_path):
+    from click.testing import CliRunner
+
+    from mergekit_reasoning.bench.cli import bench
+
+    result = CliRunner().invoke(bench, ["--sweep", "0,x", "--target", "a", "--sft", "b", "--grpo", "c", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--sweep expects numbers" in result.output
+    result = CliRunner().invoke(
+        bench, ["--sweep", "1", "--target", str(trio["target"]), "--sft", str(tmp_path / "nope"), "--grpo", str(trio["grpo"])]
+    )
+    assert result.exit_code != 0 and "cannot load model 'sft'" in result.output
