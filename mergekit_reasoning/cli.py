@@ -42,21 +42,10 @@ def check(recipe: Path):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
-    import logging
-
-    from mergekit.common import parse_kmb
-    from mergekit.options import MergeOptions
-
     from mergekit_reasoning import stream
     from mergekit_reasoning.recipe import check_recipe, load_recipe
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    options = MergeOptions(
-        cuda=cuda or read_to_gpu,
-        read_to_gpu=read_to_gpu,
-        out_shard_size=parse_kmb(out_shard_size),
-        quiet=quiet,
-    )
+    options = _options(cuda, read_to_gpu, out_shard_size, quiet)
     checked = check_recipe(*load_recipe(recipe))
     for note in checked.compatibility.notes():
         click.echo(f"warning: {note}", err=True)
@@ -67,6 +56,89 @@ def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_s
         outs = stream.merge(checked, [out], options, overwrite=overwrite)
     for path in outs:
         click.echo(f"wrote {path}")
+
+
+def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str = "5B", quiet: bool = False):
+    import logging
+
+    from mergekit.common import parse_kmb
+    from mergekit.options import MergeOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    return MergeOptions(cuda=cuda or read_to_gpu, read_to_gpu=read_to_gpu, out_shard_size=parse_kmb(out_shard_size), quiet=quiet)
+
+
+@main.command()
+@click.option("--grpo", required=True, help="The GRPO model (hub ID or folder).")
+@click.option("--sft", required=True, help="The SFT model (hub ID or folder).")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="float32 is lossless: applying the vector then equals merging the pair, bit for bit.")
+@click.option("--sparsify", type=click.Choice(["magnitude", "dare"]), default=None,
+              help="magnitude keeps the largest entries; dare keeps random ones and rescales.")
+@click.option("--density", type=float, default=1.0, show_default=True, help="Fraction of entries kept.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare.")
+@click.option("--overwrite", is_flag=True)
+def extract(grpo, sft, out, dtype, sparsify, density, seed, overwrite):
+    """Write the reasoning vector GRPO − SFT as a shareable folder."""
+    from mergekit_reasoning.vectors import Sparsify, extract as extract_vector
+
+    plan = Sparsify(sparsify, density, seed) if sparsify else None
+    manifest = extract_vector(grpo, sft, out, dtype=dtype, sparsify=plan, overwrite=overwrite, echo=lambda m: click.echo(m, err=True))
+    size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
+    click.echo(f"wrote {out}: {len(manifest['tensors'])} tensors, {size / 1e6:.1f} MB {dtype}, "
+               f"norm {manifest['total_norm']:.6g}, distance from the full vector {manifest['relative_error']:.3%}")
+
+
+@main.command(name="inspect")
+@click.argument("vector", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--target", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A model folder: report the vector's size relative to its weights.")
+@click.option("--compare", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Another vector folder: report cosine similarity.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of the per-layer figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect_vector(vector, target, compare, plot, as_json):
+    """Norms per layer and module, relative size, sparsity, cosine similarity."""
+    import json
+
+    from mergekit_reasoning.vector_stats import format_table, plot as plot_stats, vector_stats
+
+    stats = vector_stats(vector, target=target, other=compare)
+    click.echo(json.dumps(stats, indent=2) if as_json else format_table(stats))
+    if plot:
+        plot_stats(stats, plot)
+        click.echo(f"wrote {plot}", err=True)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--inputs", "check_inputs", is_flag=True, help="Also re-hash the inputs recorded in the manifest.")
+@click.option("--remerge", is_flag=True, help="Also merge again from the recorded recipe and compare the shards.")
+def verify(folder, check_inputs, remerge):
+    """Check a merge (or a vector folder) against its manifest; name every shard that differs."""
+    from mergekit_reasoning.verify import verify_folder
+
+    problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge, options_factory=_options)
+    for problem in problems:
+        click.echo(f"{folder}: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"ok: {folder} matches its manifest")
+
+
+@main.command()
+@click.argument("recipes", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="One output folder per recipe, named after it.")
+@click.option("--cuda", is_flag=True)
+def regenerate(recipes, out_dir, cuda):
+    """Re-merge the recipes whose text or inputs changed; skip the rest."""
+    from mergekit_reasoning.regenerate import regenerate as run
+
+    outcome = run(recipes, out_dir, _options(cuda=cuda, quiet=True), echo=click.echo)
+    click.echo(f"{len(outcome.merged)} merged, {len(outcome.skipped)} unchanged, {len(outcome.failed)} failed")
+    if outcome.failed:
+        raise SystemExit(1)
 
 
 @main.command()

@@ -87,12 +87,12 @@ def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str],
     return ModelInfo(label=label, config=dict(config), shapes=shapes)
 
 
-def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo]) -> Compatibility:
+def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo], *, what: str = "the target") -> Compatibility:
     """Raise RecipeError naming the model and tensor at the first real mismatch."""
     result = Compatibility()
     for donor in donors:
-        _check_structure(target, donor)
-        _check_tensors(target, donor, result)
+        _check_structure(target, donor, what)
+        _check_tensors(target, donor, what)
     _check_head(target, donors, result)
     for name in VOCAB_AXIS:
         if name in target.shapes:
@@ -108,23 +108,23 @@ def _source(donor: ModelInfo, name: str) -> Optional[str]:
     return donor.head_source() if name == HEAD else name
 
 
-def _check_structure(target: ModelInfo, donor: ModelInfo) -> None:
+def _check_structure(target: ModelInfo, donor: ModelInfo, what: str) -> None:
     t_arch, d_arch = target.config.get("architectures"), donor.config.get("architectures")
     if t_arch and d_arch and list(t_arch) != list(d_arch):
-        raise RecipeError(f"model {donor.label}: architecture {d_arch[0]} differs from the target's {t_arch[0]}")
+        raise RecipeError(f"model {donor.label}: architecture {d_arch[0]} differs from {what}'s {t_arch[0]}")
     for key in STRUCTURE_KEYS:
         if target.config.get(key) != donor.config.get(key):
             raise RecipeError(
                 f"model {donor.label}: {key} is {donor.config.get(key)}, "
-                f"but the target {target.label} has {target.config.get(key)}"
+                f"but {what} {target.label} has {target.config.get(key)}"
             )
 
 
-def _check_tensors(target: ModelInfo, donor: ModelInfo, result: Compatibility) -> None:
+def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str) -> None:
     for name, shape in target.shapes.items():
         source = _source(donor, name)
         if source is None or source not in donor.shapes:
-            raise RecipeError(f"model {donor.label}: tensor {name} is missing (the target has it)")
+            raise RecipeError(f"model {donor.label}: tensor {name} is missing ({what} has it)")
         got = donor.shapes[source]
         if got == shape:
             continue
@@ -133,7 +133,7 @@ def _check_tensors(target: ModelInfo, donor: ModelInfo, result: Compatibility) -
             continue  # vocabulary rows: recorded by check_compatible
         raise RecipeError(
             f"model {donor.label}: tensor {source} has shape {list(got)}, "
-            f"but the target's {name} has {list(shape)}"
+            f"but {what}'s {name} has {list(shape)}"
         )
 
 

@@ -37,7 +37,7 @@ def apply_vectors(
 
 def apply_vector_sets(
     target: torch.Tensor,
-    pairs: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    pairs: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
     lambda_sets: Sequence[Sequence[float]],
     *,
     vocab_axis: Optional[int] = None,
@@ -46,11 +46,14 @@ def apply_vector_sets(
 
     This is what makes a λ sweep cheap: the inputs are read and subtracted once,
     and each λ costs one scale and one add, rounded exactly as a single merge is.
+    A pair `(vector, None)` is a stored difference: it is used as it is, which is
+    why a vector extracted in float32 gives the same bits as its GRPO/SFT pair.
     """
-    dtype = compute_dtype(target, *[x for pair in pairs for x in pair])
+    inputs = [x for pair in pairs for x in pair if x is not None]
+    dtype = compute_dtype(target, *inputs)
     rows = None
     if vocab_axis is not None and pairs:
-        rows = min(t.shape[vocab_axis] for t in (target, *[x for pair in pairs for x in pair]))
+        rows = min(t.shape[vocab_axis] for t in (target, *inputs))
     results = [target.to(dtype=dtype, copy=True) for _ in lambda_sets]
     in_place = len(lambda_sets) == 1
     for index, (grpo, sft) in enumerate(pairs):
@@ -58,9 +61,11 @@ def apply_vector_sets(
         if all(lam == 0 for lam in lams):
             continue
         if rows is not None:
-            grpo, sft = grpo.narrow(vocab_axis, 0, rows), sft.narrow(vocab_axis, 0, rows)
+            grpo = grpo.narrow(vocab_axis, 0, rows)
+            sft = None if sft is None else sft.narrow(vocab_axis, 0, rows)
         delta = grpo.to(dtype=dtype, copy=True)
-        delta.sub_(sft)
+        if sft is not None:
+            delta.sub_(sft)
         for result, lam in zip(results, lams):
             if lam == 0:
                 continue

@@ -43,7 +43,7 @@ class ReasoningVectorMerge(GroupMergeMethod):
             ParameterSpec("vector", str, ParameterScope.NON_BASE, default=DEFAULT_VECTOR),
             ParameterSpec("lambda", float, ParameterScope.NON_BASE, default=1.0),
         ),
-        contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=2),
+        contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
     )
 
     def validate_inputs(
@@ -58,6 +58,8 @@ class ReasoningVectorMerge(GroupMergeMethod):
             _check_for_stock_executor(tuple(input_ids), base_id)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
+        if all(isinstance(entry.id, ModelReference) for entry in group.non_base):
+            _check_roles(tuple(sorted((str(k), v) for k, v in parameters["role"].items())))
         (merged,) = merge_tensor(
             group.base.tensor,
             {entry.id: entry.tensor for entry in group.non_base},
@@ -92,9 +94,16 @@ def merge_tensor(
     else:
         lambda_sets = [[lam] * len(pairs) for lam in lambda_values]
     results = apply_vector_sets(
-        target, [(donors[p.grpo], donors[p.sft]) for p in pairs], lambda_sets, vocab_axis=vocab_axis
+        target,
+        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
+        lambda_sets,
+        vocab_axis=vocab_axis,
     )
-    return [result.to(target.dtype) for result in results]
+    # Round to the inputs' common dtype, as mergekit's executor aligns them before a method runs.
+    out_dtype = target.dtype
+    for tensor in donors.values():
+        out_dtype = torch.promote_types(out_dtype, tensor.dtype)
+    return [result.to(out_dtype) for result in results]
 
 
 _OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)
@@ -132,6 +141,13 @@ def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -
             f"{report.notes()[0]}; the stock mergekit executor cannot do this, "
             "run `mergekit-reasoning merge RECIPE OUT` instead"
         )
+
+
+@lru_cache(maxsize=None)
+def _check_roles(roles: Tuple[Tuple[str, str], ...]) -> None:
+    from mergekit_reasoning.inputs import check_roles
+
+    check_roles([(ModelReference.model_validate(ref), role) for ref, role in roles])
 
 
 reasoning_vector = ReasoningVectorMerge()

@@ -3,17 +3,19 @@
 A recipe names each donor's role (`grpo` or `sft`) and, for merges that add more
 than one vector, the `vector` it belongs to. Every vector needs exactly one of
 each role and one λ; anything else is an error that names the models involved.
+A donor with role `vector` is an extracted vector folder and stands alone.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Generic, Hashable, List, Mapping, Sequence, Tuple, TypeVar
+from typing import Dict, Generic, Hashable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from typing_extensions import Literal
 
 from mergekit_reasoning.errors import RecipeError
 
-Role = Literal["grpo", "sft"]
+Role = Literal["grpo", "sft", "vector"]
 ROLES: Tuple[str, ...] = ("grpo", "sft")
+STORED = "vector"
 DEFAULT_VECTOR = "reasoning"
 
 M = TypeVar("M", bound=Hashable)
@@ -21,11 +23,11 @@ M = TypeVar("M", bound=Hashable)
 
 @dataclass(frozen=True)
 class VectorPair(Generic[M]):
-    """One reasoning vector: λ·(grpo − sft)."""
+    """One reasoning vector: λ·(grpo − sft), or λ·grpo for a stored vector (sft None)."""
 
     name: str
     grpo: M
-    sft: M
+    sft: Optional[M]
     lam: float
 
 
@@ -44,13 +46,23 @@ def pair_donors(
         role = roles.get(donor)
         if role is None:
             raise RecipeError(f"model {donor} has no role: give it `role: grpo` or `role: sft`{suffix}")
-        if role not in ROLES:
-            raise RecipeError(f"model {donor} has unknown role {role!r}: use 'grpo' or 'sft'{suffix}")
-        name = vectors.get(donor, DEFAULT_VECTOR)
-        by_vector.setdefault(name, {r: [] for r in ROLES})[role].append(donor)
+        if role not in ROLES + (STORED,):
+            raise RecipeError(f"model {donor} has unknown role {role!r}: use 'grpo', 'sft' or 'vector'{suffix}")
+        name = vectors.get(donor, DEFAULT_VECTOR if role != STORED else str(donor))
+        by_vector.setdefault(name, {r: [] for r in ROLES + (STORED,)})[role].append(donor)
 
     pairs = []
     for name, members in by_vector.items():
+        if members[STORED]:
+            mixed = members[STORED][1:] + members["grpo"] + members["sft"]
+            if mixed:
+                raise RecipeError(
+                    f"vector {name!r}: {mixed[0]} shares it with the stored vector {members[STORED][0]}; "
+                    f"give each its own `vector:` name{suffix}"
+                )
+            donor = members[STORED][0]
+            pairs.append(VectorPair(name=name, grpo=donor, sft=None, lam=float(lambdas.get(donor, 1.0))))
+            continue
         for role in ROLES:
             found = members[role]
             if len(found) > 1:

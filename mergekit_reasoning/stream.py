@@ -7,7 +7,8 @@ writer, prefetching the next tensor while the current one is merged. It also
 carries the policies mergekit's executor cannot express: vocabularies of
 different lengths and a tied target with untied donors. Given several λ values it
 reads the inputs once and writes one model per λ. Output goes to a temporary
-folder that is renamed into place only when complete.
+folder that is renamed into place only when complete, with a manifest
+(`reasoning_merge.json`) of its inputs and shards.
 """
 
 import logging
@@ -35,6 +36,7 @@ def merge(
     *,
     lambdas: Optional[Sequence[float]] = None,
     overwrite: bool = False,
+    inputs: Optional[List[Dict]] = None,
 ) -> List[Path]:
     """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ)."""
     from mergekit.architecture import get_architecture_info
@@ -66,8 +68,13 @@ def merge(
         with ExitStack() as stack:
             writers = [stack.enter_context(_writer(path, options)) for path in staging]
             _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
-        for path in staging:
-            _write_metadata(checked, cfg_out, arch_info, path, options)
+        from mergekit_reasoning.manifest import describe_inputs, write_manifest
+
+        inputs = inputs if inputs is not None else describe_inputs(checked)
+        for index, (path, out) in enumerate(zip(staging, outs)):
+            _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
+            lam = None if lambdas is None else lambdas[index]
+            write_manifest(path, checked, inputs, lam=lam, device=str(device))
         for path, out in zip(staging, outs):
             _move_into_place(path, out)
     finally:
@@ -152,7 +159,7 @@ def _writer(path: Path, options):
     )
 
 
-def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, options) -> None:
+def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, options, *, name: str) -> None:
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
     from mergekit.merge import _copy_tagalong_files, _copy_tokenizer
@@ -160,7 +167,7 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
     config = checked.config
     cfg_out.save_pretrained(str(path))
     if options.write_model_card:
-        card = generate_card(config=config, config_yaml=checked.text, name=path.name)
+        card = generate_card(config=config, config_yaml=checked.text, name=name)
         (path / "README.md").write_text(card, encoding="utf-8")
         (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
     if options.copy_tokenizer:

@@ -1,0 +1,68 @@
+"""Content hashes of model files, remembered so that big inputs are hashed once.
+
+Manifests name every input and output file by SHA-256. Hashing a 15 GB model on
+every regeneration would cost more than the merge, so a file's hash is cached
+under its path, size, modification time and inode; any change to the file
+changes one of them and forces a fresh hash.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable
+
+CHUNK = 16 * 1024 * 1024
+
+
+def sha256_file(path: os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("MERGEKIT_REASONING_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mergekit-reasoning"
+    )
+    return Path(root) / "file-hashes.json"
+
+
+def cached_sha256(path: os.PathLike) -> str:
+    """SHA-256 of `path`, from the cache when the file is unchanged since it was hashed."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    cache_file = _cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = sha256_file(path)
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
+    cache[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_file)
+    except OSError:
+        pass  # a read-only home only costs a re-hash next time
+    return digest
+
+
+def hash_files(folder: Path, names: Iterable[str], *, cached: bool = True) -> Dict[str, str]:
+    hasher = cached_sha256 if cached else sha256_file
+    return {name: hasher(Path(folder) / name) for name in sorted(names)}
+
+
+def model_files(folder: Path) -> list:
+    """The files that define a model's weights and structure."""
+    folder = Path(folder)
+    names = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+    names += [n for n in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json") if (folder / n).exists()]
+    return sorted(set(names))

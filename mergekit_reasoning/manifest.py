@@ -1,0 +1,122 @@
+"""A merge's manifest: what went in, what came out, and how to check it again.
+
+Every merge by `mergekit-reasoning merge` writes `reasoning_merge.json` beside its
+shards: the recipe and its hash, each input's revision and file hashes, package
+versions, and the hash of every output shard. `verify` recomputes the hashes and
+names any shard that changed; `regenerate` compares the inputs' key with the one
+recorded to decide whether a merge is stale.
+"""
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.hashing import hash_files, model_files, sha256_file
+
+NAME = "reasoning_merge.json"
+FORMAT = "mergekit-reasoning/merge"
+PACKAGES = ("mergekit-reasoning", "mergekit", "torch", "transformers", "safetensors")
+
+
+def package_versions() -> Dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def describe_inputs(checked) -> List[Dict[str, Any]]:
+    """Each model the recipe reads: reference, revision and file hashes."""
+    from mergekit_reasoning.inputs import loader
+
+    config = checked.config
+    roles = {config.base_model: "target"}
+    for pair in checked.pairs:
+        roles[pair.grpo] = "grpo" if pair.sft is not None else "vector"
+        if pair.sft is not None:
+            roles[pair.sft] = "sft"
+    described = []
+    for ref, role in roles.items():
+        folder = Path(loader(ref).index.base_path)
+        revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
+        described.append(
+            {"model": str(ref), "role": role, "revision": revision, "files": hash_files(folder, model_files(folder))}
+        )
+    return described
+
+
+def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[float] = None) -> str:
+    """Content address of a merge: changes exactly when the recipe or an input does."""
+    payload = json.dumps(
+        {"recipe": recipe_text, "lambda": lam, "inputs": [{k: i[k] for k in ("model", "role", "files")} for i in inputs]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_manifest(folder: Path, checked, inputs: List[Dict[str, Any]], *, lam: Optional[float], device: str) -> Dict:
+    shards = sorted(p.name for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "key": input_key(checked.text, inputs, lam),
+        "recipe_sha256": hashlib.sha256(checked.text.encode()).hexdigest(),
+        "recipe": checked.text,
+        "lambda_override": lam,
+        "inputs": inputs,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "device": device,
+        "outputs": hash_files(folder, shards, cached=False),
+    }
+    (Path(folder) / NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(folder: Path) -> Dict:
+    path = Path(folder) / NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{folder}: no {NAME} (was it merged by `mergekit-reasoning merge`?)") from None
+    except ValueError as error:
+        raise RecipeError(f"{path}: not valid JSON: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise RecipeError(f"{path}: not a mergekit-reasoning merge manifest")
+    return manifest
+
+
+def output_problems(folder: Path, manifest: Dict) -> List[str]:
+    """Every shard that is missing, extra, or differs from its recorded hash."""
+    folder = Path(folder)
+    recorded: Dict[str, str] = manifest["outputs"]
+    present = {p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")}
+    problems = [f"shard {name}: missing" for name in sorted(set(recorded) - present)]
+    problems += [f"shard {name}: not in the manifest" for name in sorted(present - set(recorded))]
+    for name in sorted(set(recorded) & present):
+        if sha256_file(folder / name) != recorded[name]:
+            problems.append(f"shard {name}: content differs from the manifest (edited or corrupted)")
+    return problems
+
+
+def input_problems(manifest: Dict) -> List[str]:
+    """Inputs whose files no longer hash as they did when the merge was made."""
+    from mergekit.common import ModelReference
+
+    from mergekit_reasoning.inputs import loader
+
+    problems = []
+    for entry in manifest["inputs"]:
+        folder = Path(loader(ModelReference.model_validate(entry["model"])).index.base_path)
+        current = hash_files(folder, [n for n in entry["files"] if (folder / n).exists()])
+        for name, digest in entry["files"].items():
+            if current.get(name) != digest:
+                problems.append(f"input {entry['model']}: {name} changed since the merge")
+    return problems

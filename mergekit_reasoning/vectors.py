@@ -1,0 +1,191 @@
+"""Reasoning vectors as files: extract once, share, apply anywhere.
+
+A vector folder looks like a model folder to mergekit (a `config.json` taken from
+the GRPO model, safetensors shards written by mergekit's writer), so a recipe
+uses it as a donor with `role: vector`. Beside them, `reasoning_vector.json`
+records where the vector came from, its dtype and sparsification, and every
+tensor's shape, norm and distance from the full vector, plus shard hashes.
+
+Stored in float32 without sparsification the vector holds exactly the float32
+differences the merge computes, so applying it gives the same bits as the pair.
+"""
+
+import json
+import math
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from mergekit_reasoning.errors import RecipeError
+
+MANIFEST = "reasoning_vector.json"
+FORMAT = "mergekit-reasoning/vector"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SPARSIFY = ("magnitude", "dare")
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+@dataclass(frozen=True)
+class Sparsify:
+    method: str  # "magnitude": keep the largest |v|; "dare": keep at random, rescale
+    density: float
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in SPARSIFY:
+            raise RecipeError(f"unknown sparsification {self.method!r}: use {' or '.join(SPARSIFY)}")
+        if not 0 < self.density <= 1:
+            raise RecipeError(f"density must be in (0, 1], got {self.density}")
+
+    def apply(self, name: str, vector: torch.Tensor) -> torch.Tensor:
+        if self.density == 1:
+            return vector
+        flat = vector.reshape(-1)
+        if self.method == "magnitude":
+            keep = max(1, round(self.density * flat.numel()))
+            threshold = flat.abs().kthvalue(flat.numel() - keep + 1).values
+            return torch.where(vector.abs() >= threshold, vector, torch.zeros_like(vector))
+        # DARE: an independent, reproducible draw per tensor, whatever the tensor order.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        mask = torch.rand(vector.shape, generator=generator) < self.density
+        return torch.where(mask, vector / self.density, torch.zeros_like(vector))
+
+
+def extract(
+    grpo,
+    sft,
+    out: Path,
+    *,
+    dtype: str = "float32",
+    sparsify: Optional[Sparsify] = None,
+    max_shard_size: int = 5_000_000_000,
+    overwrite: bool = False,
+    echo=lambda line: None,
+) -> Dict:
+    """Write `grpo − sft` as a vector folder at `out` and return its manifest."""
+    from mergekit.common import ModelReference
+    from mergekit.io.tensor_writer import TensorWriter
+
+    from mergekit_reasoning.compat import check_compatible
+    from mergekit_reasoning.hashing import hash_files
+    from mergekit_reasoning.inputs import loader, model_info
+    from mergekit_reasoning.manifest import package_versions
+
+    if dtype not in DTYPES:
+        raise RecipeError(f"unknown vector dtype {dtype!r}: use {' or '.join(DTYPES)}")
+    grpo, sft = ModelReference.model_validate(str(grpo)), ModelReference.model_validate(str(sft))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+    g_info, s_info = model_info(grpo), model_info(sft)
+    report = check_compatible(s_info, [g_info], what="the SFT model")
+    for note in report.notes():
+        echo(f"warning: {note}")
+
+    names = list(g_info.shapes)
+    if (HEAD in g_info.shapes) != (HEAD in s_info.shapes) and HEAD not in names:
+        names.append(HEAD)  # one side is untied: keep its head, the other's head is its embeddings
+    g_load, s_load = loader(grpo), loader(sft)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tensors, total, total_full, total_error = {}, 0.0, 0.0, 0.0
+    try:
+        with TensorWriter(str(staging), max_shard_size=max_shard_size) as writer:
+            for name in names:
+                g = g_load.get_tensor(_head_source(name, g_info))
+                s = s_load.get_tensor(_head_source(name, s_info))
+                if g.shape != s.shape:  # vocabulary rows: the shared ones
+                    rows = min(g.shape[0], s.shape[0])
+                    g, s = g[:rows], s[:rows]
+                full = g.to(torch.float32, copy=True)
+                full.sub_(s)  # the same float32 difference the merge kernel computes
+                stored = (sparsify.apply(name, full) if sparsify else full).to(DTYPES[dtype])
+                full_norm = float(full.double().norm())
+                error = float((stored.double() - full.double()).norm())
+                norm = float(stored.double().norm())
+                tensors[name] = {
+                    "shape": list(stored.shape),
+                    "dtype": dtype,
+                    "norm": norm,
+                    "full_norm": full_norm,
+                    "relative_error": error / full_norm if full_norm else 0.0,
+                    "density": float((stored != 0).sum()) / max(stored.numel(), 1),
+                }
+                total += norm**2
+                total_full += full_norm**2
+                total_error += error**2
+                writer.save_tensor(name, stored.contiguous())
+                del g, s, full, stored
+
+        config = dict(g_info.config)
+        config.pop("torch_dtype", None)
+        config.update(dtype=dtype, tie_word_embeddings=HEAD not in tensors)
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        shards = sorted(p.name for p in staging.glob("*.safetensors"))
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "sources": {role: _source(ref) for role, ref in (("grpo", grpo), ("sft", sft))},
+            "dtype": dtype,
+            "sparsify": None if sparsify is None else vars(sparsify),
+            "architecture": {k: config.get(k) for k in ("architectures", "model_type", "hidden_size", "num_hidden_layers",
+                                                        "num_attention_heads", "num_key_value_heads", "intermediate_size")},
+            "total_norm": math.sqrt(total),
+            "relative_error": math.sqrt(total_error / total_full) if total_full else 0.0,
+            "tensors": tensors,
+            "shards": hash_files(staging, shards, cached=False),
+            "packages": package_versions(),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _head_source(name: str, info) -> str:
+    return info.head_source() if name == HEAD else name
+
+
+def _source(ref) -> Dict:
+    from mergekit_reasoning.inputs import loader
+
+    folder = Path(loader(ref).index.base_path)
+    revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
+    return {"model": str(ref), "revision": revision}
+
+
+def read_manifest(folder: Path) -> Optional[Dict]:
+    """The folder's vector manifest, or None for an ordinary model folder."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RecipeError(f"vector {folder}: {MANIFEST} is not valid JSON: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise RecipeError(f"vector {folder}: {MANIFEST} is not a mergekit-reasoning vector manifest")
+    return manifest
+
+
+def check_against_shards(label: str, manifest: Dict, info) -> None:
+    """The manifest must describe the shards beside it: same tensors, shapes, dtypes."""
+    listed, stored = manifest["tensors"], info.shapes
+    for name in sorted(set(listed) | set(stored)):
+        if name not in stored:
+            raise RecipeError(f"vector {label}: manifest lists {name}, which no shard holds")
+        if name not in listed:
+            raise RecipeError(f"vector {label}: shards hold {name}, which the manifest does not list")
+        if list(stored[name]) != list(listed[name]["shape"]):
+            raise RecipeError(
+                f"vector {label}: {name} has shape {list(stored[name])} in its shard, "
+                f"but the manifest says {listed[name]['shape']}"
+            )
