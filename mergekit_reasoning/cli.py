@@ -152,5 +152,13 @@ def demo(workdir, shape):
     run_demo(workdir, shape=shape, echo=click.echo)
 
 
+def _add_bench():
+    from mergekit_reasoning.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_add_bench()
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,22 @@ def loader(ref: ModelReference):
     try:
         return LoaderCache().get(ref)
     except Exception as error:
-        raise RecipeError(f"model {ref}: cannot open its weights: {error}") from None
+        raise RecipeError(f"model {ref}: cannot open its weights: {_culprit(ref) or error}") from None
+
+
+def _culprit(ref: ModelReference) -> str:
+    """Name the shard that fails to open, when the model is a local folder."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for shard in sorted(Path(ref.model.path).glob("*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt"):
+                pass
+        except Exception as error:
+            return f"{shard.name} is truncated or corrupt ({error})"
+    return ""
 
 
 @lru_cache(maxsize=None)

@@ -61,7 +61,9 @@ def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[floa
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def write_manifest(folder: Path, checked, inputs: List[Dict[str, Any]], *, lam: Optional[float], device: str) -> Dict:
+def write_manifest(
+    folder: Path, checked, inputs: List[Dict[str, Any]], *, lam: Optional[float], device: str, out_shard_size: int
+) -> Dict:
     shards = sorted(p.name for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
     manifest = {
         "format": FORMAT,
@@ -74,6 +76,7 @@ def write_manifest(folder: Path, checked, inputs: List[Dict[str, Any]], *, lam: 
         "packages": package_versions(),
         "python": platform.python_version(),
         "device": device,
+        "out_shard_size": out_shard_size,
         "outputs": hash_files(folder, shards, cached=False),
     }
     (Path(folder) / NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -74,7 +74,7 @@ def merge(
         for index, (path, out) in enumerate(zip(staging, outs)):
             _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
             lam = None if lambdas is None else lambdas[index]
-            write_manifest(path, checked, inputs, lam=lam, device=str(device))
+            write_manifest(path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size)
         for path, out in zip(staging, outs):
             _move_into_place(path, out)
     finally:

@@ -48,8 +48,13 @@ class Sparsify:
         flat = vector.reshape(-1)
         if self.method == "magnitude":
             keep = max(1, round(self.density * flat.numel()))
-            threshold = flat.abs().kthvalue(flat.numel() - keep + 1).values
-            return torch.where(vector.abs() >= threshold, vector, torch.zeros_like(vector))
+            magnitude = flat.abs()
+            threshold = magnitude.kthvalue(flat.numel() - keep + 1).values
+            mask = magnitude > threshold
+            # Exactly `keep` entries: ties at the threshold are taken in storage order.
+            ties = (magnitude == threshold).nonzero().squeeze(1)[: keep - int(mask.sum())]
+            mask[ties] = True
+            return torch.where(mask, flat, torch.zeros_like(flat)).reshape(vector.shape)
         # DARE: an independent, reproducible draw per tensor, whatever the tensor order.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
         mask = torch.rand(vector.shape, generator=generator) < self.density

@@ -21,7 +21,8 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
     if check_inputs:
         problems += merges.input_problems(recorded)
     if remerge:
-        problems += _remerge_problems(folder, recorded, options_factory(quiet=True))
+        size = str(recorded.get("out_shard_size", "5B"))
+        problems += _remerge_problems(folder, recorded, options_factory(out_shard_size=size, quiet=True))
     return problems
 
 

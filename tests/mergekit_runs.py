@@ -20,6 +20,7 @@ def run_stock(recipe: dict, out: Path, **options) -> Path:
 
 def run_cli(command: list, recipe: dict, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """A command line on a recipe file, in a fresh interpreter (plugin discovery included)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return subprocess.run(command + [str(path), *args], capture_output=True, text=True)

@@ -17,13 +17,14 @@ HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 def test_bitwise_identical_to_stock_mergekit_yaml(which, request, tmp_path):
     t = request.getfixturevalue(which)
     recipe = recipe_dict(t["target"], t["grpo"], t["sft"], 0.7)
-    assert mergekit_yaml(recipe, tmp_path, tmp_path / "stock").returncode == 0
-    done = ours("merge", recipe, tmp_path, str(tmp_path / "ours"), "--quiet")
+    assert mergekit_yaml(recipe, tmp_path / "a", tmp_path / "a" / "merged").returncode == 0
+    done = ours("merge", recipe, tmp_path / "b", str(tmp_path / "b" / "merged"), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert_bitwise_equal(read_tensors(tmp_path / "ours"), read_tensors(tmp_path / "stock"))
-    assert file_hashes(tmp_path / "ours") == file_hashes(tmp_path / "stock")
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "mergekit_config.yml"):
-        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "stock" / name).read_bytes(), name
+    stock, mine = tmp_path / "a" / "merged", tmp_path / "b" / "merged"
+    assert_bitwise_equal(read_tensors(mine), read_tensors(stock))
+    assert file_hashes(mine) == file_hashes(stock)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "mergekit_config.yml", "README.md"):
+        assert (mine / name).read_bytes() == (stock / name).read_bytes(), name
 
 
 def test_sharded_output_is_identical_tensor_for_tensor(trio, tmp_path):
