@@ -42,6 +42,10 @@ def check(recipe: Path):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
+    from mergekit_reasoning.readahead import advise, available_memory, recipe_model_dirs
+
+    advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
+
     from mergekit_reasoning import stream
     from mergekit_reasoning.recipe import check_recipe, load_recipe
 

@@ -31,8 +31,14 @@ def _cache_path() -> Path:
 
 
 def cached_sha256(path: os.PathLike) -> str:
-    """SHA-256 of `path`, from the cache when the file is unchanged since it was hashed."""
+    """SHA-256 of `path`, from the cache when the file is unchanged since it was hashed.
+
+    A file in the Hugging Face cache is a link to a blob named by its SHA-256
+    (for LFS files, which weights are), so hub inputs cost nothing to hash.
+    """
     path = Path(path).resolve()
+    if path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name):
+        return path.name
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
     cache_file = _cache_path()

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 Vector = Tuple[torch.Tensor, torch.Tensor, float]  # (grpo, sft, lambda)
+CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per block
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -41,6 +42,8 @@ def apply_vector_sets(
     lambda_sets: Sequence[Sequence[float]],
     *,
     vocab_axis: Optional[int] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> List[torch.Tensor]:
     """One merged tensor per set of λs (one λ per pair), computing each difference once.
 
@@ -48,17 +51,44 @@ def apply_vector_sets(
     and each λ costs one scale and one add, rounded exactly as a single merge is.
     A pair `(vector, None)` is a stored difference: it is used as it is, which is
     why a vector extracted in float32 gives the same bits as its GRPO/SFT pair.
+
+    Without `out_dtype` the results stay in the compute dtype. With it, the work
+    runs in blocks of rows rounded straight into the outputs, so a 150k-row
+    embedding never exists in float32 whole; elementwise, the bits are the same.
     """
     inputs = [x for pair in pairs for x in pair if x is not None]
     dtype = compute_dtype(target, *inputs)
-    rows = None
+    shared = None
     if vocab_axis is not None and pairs:
-        rows = min(t.shape[vocab_axis] for t in (target, *inputs))
+        shared = min(t.shape[vocab_axis] for t in (target, *inputs))
+    if out_dtype is None or target.dim() == 0 or vocab_axis not in (None, 0):
+        results = _merge_block(target, pairs, lambda_sets, dtype, shared, vocab_axis)
+        return results if out_dtype is None else [r.to(out_dtype) for r in results]
+
+    outputs = [torch.empty(target.shape, dtype=out_dtype, device=target.device) for _ in lambda_sets]
+    step = max(1, chunk_elements // max(1, target[0].numel()))
+    for start in range(0, target.shape[0], step):
+        stop = min(start + step, target.shape[0])
+        if shared is None:
+            block_pairs = [(g[start:stop], None if s is None else s[start:stop]) for g, s in pairs]
+            rows = None
+        else:  # the vector covers the first `shared` rows only
+            rows = max(0, min(stop, shared) - start)
+            block_pairs = [(g[start : start + rows], None if s is None else s[start : start + rows]) for g, s in pairs]
+        block = _merge_block(target[start:stop], block_pairs, lambda_sets, dtype, rows, 0 if rows is not None else None)
+        for output, merged in zip(outputs, block):
+            output[start:stop] = merged
+        del block
+    return outputs
+
+
+def _merge_block(target, pairs, lambda_sets, dtype, rows, vocab_axis) -> List[torch.Tensor]:
+    """The arithmetic itself, on a whole tensor or a block of its rows."""
     results = [target.to(dtype=dtype, copy=True) for _ in lambda_sets]
     in_place = len(lambda_sets) == 1
     for index, (grpo, sft) in enumerate(pairs):
         lams = [lambdas[index] for lambdas in lambda_sets]
-        if all(lam == 0 for lam in lams):
+        if all(lam == 0 for lam in lams) or rows == 0:
             continue
         if rows is not None:
             grpo = grpo.narrow(vocab_axis, 0, rows)

@@ -93,17 +93,17 @@ def merge_tensor(
         lambda_sets = [[pair.lam for pair in pairs]]
     else:
         lambda_sets = [[lam] * len(pairs) for lam in lambda_values]
-    results = apply_vector_sets(
-        target,
-        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
-        lambda_sets,
-        vocab_axis=vocab_axis,
-    )
     # Round to the inputs' common dtype, as mergekit's executor aligns them before a method runs.
     out_dtype = target.dtype
     for tensor in donors.values():
         out_dtype = torch.promote_types(out_dtype, tensor.dtype)
-    return [result.to(out_dtype) for result in results]
+    return apply_vector_sets(
+        target,
+        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
+        lambda_sets,
+        vocab_axis=vocab_axis,
+        out_dtype=out_dtype,
+    )
 
 
 _OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)

@@ -61,16 +61,19 @@ def merge(
         planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
         plan = [t for t in planner.plan_to_disk(out_path=str(outs[0])) if type(t).__name__ == "SaveTensor"]
 
+    from mergekit_reasoning.manifest import describe_inputs, write_manifest
+
     target_tied = HEAD not in _target_names(checked)
     device = torch.device(options.device or "cpu")
     staging = [_staging_dir(out) for out in outs]
+    # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
+    described = hashing.submit(describe_inputs, checked) if inputs is None else None
     try:
         with ExitStack() as stack:
             writers = [stack.enter_context(_writer(path, options)) for path in staging]
             _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
-        from mergekit_reasoning.manifest import describe_inputs, write_manifest
-
-        inputs = inputs if inputs is not None else describe_inputs(checked)
+        inputs = inputs if described is None else described.result()
         for index, (path, out) in enumerate(zip(staging, outs)):
             _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
             lam = None if lambdas is None else lambdas[index]
@@ -78,6 +81,7 @@ def merge(
         for path, out in zip(staging, outs):
             _move_into_place(path, out)
     finally:
+        hashing.shutdown(wait=True, cancel_futures=True)
         for path in staging:
             shutil.rmtree(path, ignore_errors=True)
     return outs

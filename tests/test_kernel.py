@@ -92,3 +92,16 @@ def test_inputs_are_not_modified():
     apply_vectors(target, [(grpo, sft, 0.5)])
     for original, copy in zip((target, grpo, sft), copies):
         assert torch.equal(original, copy)
+
+
+@pytest.mark.parametrize("shape, grpo_rows, sft_rows", [((37, 5), 37, 37), ((37, 5), 30, 33), ((41,), 41, 41)])
+def test_blockwise_rounding_equals_whole_tensor_rounding(shape, grpo_rows, sft_rows):
+    target = randn(*shape, seed=1, dtype=torch.bfloat16)
+    grpo = randn(grpo_rows, *shape[1:], seed=2, dtype=torch.bfloat16)
+    sft = randn(sft_rows, *shape[1:], seed=3, dtype=torch.bfloat16)
+    sets = [[0.3], [1.0], [-2.0]]
+    axis = 0 if grpo_rows != shape[0] or sft_rows != shape[0] else None
+    whole = [r.to(torch.bfloat16) for r in apply_vector_sets(target, [(grpo, sft)], sets, vocab_axis=axis)]
+    blocks = apply_vector_sets(target, [(grpo, sft)], sets, vocab_axis=axis, out_dtype=torch.bfloat16, chunk_elements=7)
+    for a, b in zip(whole, blocks):
+        assert torch.equal(bits(a), bits(b))

@@ -1,0 +1,96 @@
+"""The CUDA checks, as one script for a machine with a GPU.
+
+Builds three bf16 stand-ins with Qwen2.5-1.5B's shapes, merges the add recipe
+on the CPU and on the GPU through every path (stock `mergekit-yaml` with and
+without `--cuda`/`--read-to-gpu`, `mergekit-reasoning merge` likewise, and a
+regenerated merge), and requires every GPU output to be bitwise identical to
+the CPU output. Prints a markdown table of wall times and the verdict; exits 1
+if any output differs.
+
+    python benchmarks/gpu_check.py --layers 28
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def shard_hashes(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.safetensors"))}
+
+
+def timed(command) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from mergekit_reasoning.recipe import retarget
+    from mergekit_reasoning.shipped import recipes_dir
+    from mergekit_reasoning.standins import write_trio
+
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device visible")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    os.environ["MERGEKIT_REASONING_CACHE"] = str(work / "hash-cache")
+    bin_dir = Path(sys.executable).parent
+    try:
+        models = write_trio(work / "models", shape="qwen2.5-1.5b", num_layers=args.layers)
+        data = yaml.safe_load((recipes_dir() / "qwen1.5b_add.yml").read_text())
+        recipe = work / "recipes" / "qwen1.5b_add.yml"
+        recipe.parent.mkdir(parents=True)
+        recipe.write_text(yaml.safe_dump(retarget(data, str(models["target"]), {r: str(models[r]) for r in ("grpo", "sft")})))
+
+        runs = {
+            "mergekit-yaml (cpu)": [bin_dir / "mergekit-yaml", recipe, work / "o1", "--quiet"],
+            "mergekit-yaml --cuda": [bin_dir / "mergekit-yaml", recipe, work / "o2", "--quiet", "--cuda"],
+            "mergekit-yaml --cuda --read-to-gpu": [bin_dir / "mergekit-yaml", recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"],
+            "mergekit-reasoning merge (cpu)": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o4", "--quiet"],
+            "mergekit-reasoning merge --cuda": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o5", "--quiet", "--cuda"],
+            "mergekit-reasoning merge --read-to-gpu": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o6", "--quiet", "--read-to-gpu"],
+            "mergekit-reasoning regenerate --cuda": [bin_dir / "mergekit-reasoning", "regenerate", recipe.parent, "--out", work / "o7", "--cuda"],
+        }
+        print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; {args.layers} layers\n")
+        print("| run | wall s | shards equal to CPU stock |")
+        print("| --- | --- | --- |")
+        reference, all_equal = None, True
+        for name, command in runs.items():
+            wall = timed(command)
+            if "regenerate" in name:
+                out = work / "o7" / recipe.stem
+            elif "mergekit-reasoning" in name:
+                out = Path(command[3])
+            else:
+                out = Path(command[2])
+            hashes = shard_hashes(out)
+            reference = reference or hashes
+            equal = hashes == reference
+            all_equal &= equal
+            print(f"| {name} | {wall:.1f} | {'yes' if equal else 'NO'} |")
+        print(f"\nverdict: {'every GPU output is bitwise identical to the CPU output' if all_equal else 'OUTPUTS DIFFER'}")
+        sys.exit(0 if all_equal else 1)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
