@@ -22,13 +22,14 @@ FORMAT = "mergekit-reasoning/merge"
 PACKAGES = ("mergekit-reasoning", "mergekit", "torch", "transformers", "safetensors")
 
 
-def package_versions() -> Dict[str, str]:
+def package_versions(names=PACKAGES) -> Dict[str, Optional[str]]:
+    """Installed versions of `names` (None for a package that is not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+            versions[name] = None
     return versions
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Dict
 
@@ -30,13 +29,16 @@ def check_model(label: str, ref: str) -> None:
 
 
 def content_hash(folder: Path) -> str:
-    """SHA-256 over every file's relative name and bytes, in sorted order."""
+    """SHA-256 over every file's relative name and SHA-256, in sorted order.
+
+    File hashes come from the project's cache (keyed by path, size and mtime), so
+    scoring the same merged model again does not re-read gigabytes of weights.
+    """
+    from mergekit_reasoning.hashing import cached_sha256
+
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + cached_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -55,10 +57,6 @@ def model_identity(ref: str) -> dict:
 
 
 def package_versions() -> Dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from mergekit_reasoning.manifest import package_versions as versions
+
+    return versions(PACKAGES)
