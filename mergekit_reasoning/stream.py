@@ -8,7 +8,9 @@ carries the policies mergekit's executor cannot express: vocabularies of
 different lengths and a tied target with untied donors. Given several λ values it
 reads the inputs once and writes one model per λ. Output goes to a temporary
 folder that is renamed into place only when complete, with a manifest
-(`reasoning_merge.json`) of its inputs and shards.
+(`reasoning_merge.json`) of its inputs and shards. Recipes that align
+tokenizers (`tokenizer:`) are not streamed: mergekit's executor merges them,
+with a note, into the same staging folder and manifest.
 """
 
 import logging
@@ -69,13 +71,21 @@ def merge(
     # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
     described = hashing.submit(describe_inputs, checked) if inputs is None else None
+    streamable = all(type(t.tensor_task.gather_tensors).__name__ == "GatherTensors" for t in plan)
+    if not streamable and lambdas is not None:
+        raise RecipeError("a λ sweep needs a streamable recipe; this one aligns tokenizers (`tokenizer:`)")
     try:
-        with ExitStack() as stack:
-            writers = [stack.enter_context(_writer(path, options)) for path in staging]
-            _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
+        if streamable:
+            with ExitStack() as stack:
+                writers = [stack.enter_context(_writer(path, options)) for path in staging]
+                _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
+        else:
+            LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
+            _mergekit_executor(checked, staging[0], outs[0].name, options)
         inputs = inputs if described is None else described.result()
         for index, (path, out) in enumerate(zip(staging, outs)):
-            _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
+            if streamable:
+                _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
             lam = None if lambdas is None else lambdas[index]
             write_manifest(path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size)
         for path, out in zip(staging, outs):
@@ -85,6 +95,17 @@ def merge(
         for path in staging:
             shutil.rmtree(path, ignore_errors=True)
     return outs
+
+
+def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -> None:
+    """The fallback for recipes this executor cannot stream: mergekit's run_merge."""
+    from mergekit.merge import run_merge
+
+    inner = path / name  # run_merge names the model card after its output folder
+    run_merge(checked.config.model_copy(deep=True), str(inner), options=options, config_source=checked.text)
+    for item in inner.iterdir():
+        item.rename(path / item.name)
+    inner.rmdir()
 
 
 def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None:
@@ -110,8 +131,6 @@ def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None
 def _load(task) -> Dict:
     """Read one output tensor's inputs, exactly as mergekit's LoadTensor tasks do."""
     gather = task.tensor_task.gather_tensors
-    if type(gather).__name__ != "GatherTensors":
-        raise RecipeError("tokenizer alignment is not supported by the streaming executor")
     loads = gather.arguments()
     keys = {f"{model}:{info.name}": model for model, info in gather.weight_info.items()}
     tensors = {}

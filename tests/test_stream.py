@@ -95,3 +95,16 @@ def test_a_failed_merge_leaves_nothing_that_looks_complete(trio, make_model, tmp
     assert done.stderr.strip().splitlines()[-1].startswith(f"Error: model {broken}")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_recipes_it_cannot_stream_fall_back_to_mergekit_with_a_note(trio, tmp_path):
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], tokenizer={"source": "base"})
+    assert mergekit_yaml(recipe, tmp_path / "a", tmp_path / "a" / "merged").returncode == 0
+    done = ours("merge", recipe, tmp_path / "b", str(tmp_path / "b" / "merged"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "not streamed: merging with mergekit's own executor" in done.stderr
+    mine = tmp_path / "b" / "merged"
+    assert_bitwise_equal(read_tensors(mine), read_tensors(tmp_path / "a" / "merged"))
+    assert (mine / "reasoning_merge.json").exists() and (mine / "tokenizer.json").exists()
+    sweep = ours("merge", recipe, tmp_path / "c", str(tmp_path / "c" / "sweep"), "--lambda", "1", "--lambda", "2")
+    assert sweep.returncode == 1 and "needs a streamable recipe" in sweep.stderr
