@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import recipe_dict
-from helpers import assert_bitwise_equal, bits, read_tensors
-from mergekit_runs import mergekit_yaml, ours, run_stock
+from helpers import assert_bitwise_equal, read_tensors
+from mergekit_runs import ours, run_stock
 from mergekit_reasoning.cli import main
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.vectors import Sparsify, extract
