@@ -41,12 +41,7 @@ def merge(
     inputs: Optional[List[Dict]] = None,
 ) -> List[Path]:
     """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ)."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import _model_out_config
-    from mergekit.plan import MergePlanner
-
-    from mergekit_reasoning.method import own_executor
+    from mergekit_reasoning.manifest import describe_inputs, write_manifest
 
     outs = [Path(p) for p in out_paths]
     if lambdas is not None and len(lambdas) != len(outs):
@@ -54,16 +49,10 @@ def merge(
     for out in outs:
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
-
-    config = checked.config.model_copy(deep=True)
-    LoaderCache().setup(options=options)
-    arch_info = get_architecture_info(config, options)
-    cfg_out = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
-    with own_executor():
-        planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
-        plan = [t for t in planner.plan_to_disk(out_path=str(outs[0])) if type(t).__name__ == "SaveTensor"]
-
-    from mergekit_reasoning.manifest import describe_inputs, write_manifest
+    plan, cfg_out, arch_info = _plan(checked, options, outs[0])
+    streamable = all(type(t.tensor_task.gather_tensors).__name__ == "GatherTensors" for t in plan)
+    if not streamable and lambdas is not None:
+        raise RecipeError("a λ sweep needs a streamable recipe; this one aligns tokenizers (`tokenizer:`)")
 
     target_tied = HEAD not in _target_names(checked)
     device = torch.device(options.device or "cpu")
@@ -71,9 +60,6 @@ def merge(
     # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
     described = hashing.submit(describe_inputs, checked) if inputs is None else None
-    streamable = all(type(t.tensor_task.gather_tensors).__name__ == "GatherTensors" for t in plan)
-    if not streamable and lambdas is not None:
-        raise RecipeError("a λ sweep needs a streamable recipe; this one aligns tokenizers (`tokenizer:`)")
     try:
         if streamable:
             with ExitStack() as stack:
@@ -95,6 +81,25 @@ def merge(
         for path in staging:
             shutil.rmtree(path, ignore_errors=True)
     return outs
+
+
+def _plan(checked: CheckedRecipe, options, out: Path):
+    """mergekit's own plan of the output tensors (its SaveTensor tasks), config and architecture."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+    from mergekit.plan import MergePlanner
+
+    from mergekit_reasoning.method import own_executor
+
+    config = checked.config.model_copy(deep=True)
+    LoaderCache().setup(options=options)
+    arch_info = get_architecture_info(config, options)
+    cfg_out = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    with own_executor():
+        planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
+        plan = [t for t in planner.plan_to_disk(out_path=str(out)) if type(t).__name__ == "SaveTensor"]
+    return plan, cfg_out, arch_info
 
 
 def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -> None:

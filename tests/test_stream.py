@@ -108,3 +108,4 @@ def test_recipes_it_cannot_stream_fall_back_to_mergekit_with_a_note(trio, tmp_pa
     assert (mine / "reasoning_merge.json").exists() and (mine / "tokenizer.json").exists()
     sweep = ours("merge", recipe, tmp_path / "c", str(tmp_path / "c" / "sweep"), "--lambda", "1", "--lambda", "2")
     assert sweep.returncode == 1 and "needs a streamable recipe" in sweep.stderr
+    assert not (tmp_path / "c" / "sweep").exists() or not any((tmp_path / "c" / "sweep").iterdir())
