@@ -87,6 +87,21 @@ def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str],
     return ModelInfo(label=label, config=dict(config), shapes=shapes)
 
 
+def shard_problem(folder: str) -> str:
+    """Name the safetensors shard of a local folder that fails to open, if any."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt"):
+                pass
+        except Exception as error:
+            return f"{shard.name} is truncated or corrupt ({error})"
+    return ""
+
+
 def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo], *, what: str = "the target") -> Compatibility:
     """Raise RecipeError naming the model and tensor at the first real mismatch."""
     result = Compatibility()

@@ -5,9 +5,9 @@ from functools import lru_cache
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
-from mergekit_reasoning.compat import ModelInfo, read_model_info
+from mergekit_reasoning.compat import ModelInfo, read_model_info, shard_problem
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vectors import check_against_shards, read_manifest
+from mergekit_reasoning.vectors import check_against_shards, check_roles_and_dtypes, read_manifest
 
 
 def loader(ref: ModelReference):
@@ -15,22 +15,8 @@ def loader(ref: ModelReference):
     try:
         return LoaderCache().get(ref)
     except Exception as error:
-        raise RecipeError(f"model {ref}: cannot open its weights: {_culprit(ref) or error}") from None
-
-
-def _culprit(ref: ModelReference) -> str:
-    """Name the shard that fails to open, when the model is a local folder."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    for shard in sorted(Path(ref.model.path).glob("*.safetensors")):
-        try:
-            with safe_open(str(shard), framework="pt"):
-                pass
-        except Exception as error:
-            return f"{shard.name} is truncated or corrupt ({error})"
-    return ""
+        problem = shard_problem(ref.model.path)  # name the broken shard of a local folder
+        raise RecipeError(f"model {ref}: cannot open its weights: {problem or error}") from None
 
 
 @lru_cache(maxsize=None)
@@ -53,11 +39,6 @@ def vector_manifest(ref: ModelReference):
     return read_manifest(loader(ref).index.base_path)
 
 
-def check_roles(roles) -> None:
+def check_roles(roles, load_dtype=None) -> None:
     """A `vector` donor must be a vector folder, and a vector folder must be one."""
-    for ref, role in roles:
-        is_vector = vector_manifest(ref) is not None
-        if role == "vector" and not is_vector:
-            raise RecipeError(f"model {ref} has role vector but is not a vector folder (no reasoning_vector.json)")
-        if role != "vector" and is_vector:
-            raise RecipeError(f"model {ref} is a vector folder: give it `role: vector`, not {role!r}")
+    check_roles_and_dtypes([(ref, role) for ref, role in roles], {ref: vector_manifest(ref) for ref, _ in roles}, load_dtype)

@@ -1,12 +1,12 @@
 """The arithmetic of a reasoning-vector merge, shared by every executor.
 
-Both the mergekit method and the streaming executor call `apply_vectors`, so the
+Both the mergekit method and the streaming executor call `merge_tensor`, so the
 two paths agree bit for bit. Every step is one correctly rounded elementwise
 operation (subtract, scale, add) in float32, or float64 when an input is float64;
 nothing is fused, so CPU and CUDA round identically.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -110,3 +110,39 @@ def _merge_block(target, pairs, lambda_sets, dtype, rows, vocab_axis) -> List[to
             del scaled
         del delta
     return results
+
+
+def merge_tensor(
+    target: torch.Tensor,
+    donors: Mapping[Hashable, torch.Tensor],
+    roles: Mapping[Hashable, str],
+    vectors: Mapping[Hashable, str],
+    lambdas: Mapping[Hashable, float],
+    *,
+    name: str,
+    vocab_axis: Optional[int] = None,
+    lambda_values: Optional[Sequence[float]] = None,
+) -> List[torch.Tensor]:
+    """One output tensor, in the target's dtype, for both executors.
+
+    Returns one tensor for the recipe's λ, or one per value of `lambda_values`
+    (a sweep, where each value replaces every vector's λ).
+    """
+    from mergekit_reasoning.roles import pair_donors
+
+    pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
+    if lambda_values is None:
+        lambda_sets = [[pair.lam for pair in pairs]]
+    else:
+        lambda_sets = [[lam] * len(pairs) for lam in lambda_values]
+    # Round to the inputs' common dtype, as mergekit's executor aligns them before a method runs.
+    out_dtype = target.dtype
+    for tensor in donors.values():
+        out_dtype = torch.promote_types(out_dtype, tensor.dtype)
+    return apply_vector_sets(
+        target,
+        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
+        lambda_sets,
+        vocab_axis=vocab_axis,
+        out_dtype=out_dtype,
+    )

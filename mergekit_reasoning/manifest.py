@@ -12,7 +12,7 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.hashing import hash_files, model_files, sha256_file
@@ -37,20 +37,30 @@ def describe_inputs(checked) -> List[Dict[str, Any]]:
     """Each model the recipe reads: reference, revision and file hashes."""
     from mergekit_reasoning.inputs import loader
 
-    config = checked.config
-    roles = {config.base_model: "target"}
-    for pair in checked.pairs:
+    models = []
+    for ref, role in input_roles(checked.config.base_model, checked.pairs):
+        folder = Path(loader(ref).index.base_path)
+        revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
+        models.append((str(ref), role, folder, revision))
+    return describe_models(models)
+
+
+def input_roles(target, pairs) -> List[Tuple[Any, str]]:
+    """(model, role) for the target and every donor, in the order manifests list them."""
+    roles = {target: "target"}
+    for pair in pairs:
         roles[pair.grpo] = "grpo" if pair.sft is not None else "vector"
         if pair.sft is not None:
             roles[pair.sft] = "sft"
-    described = []
-    for ref, role in roles.items():
-        folder = Path(loader(ref).index.base_path)
-        revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
-        described.append(
-            {"model": str(ref), "role": role, "revision": revision, "files": hash_files(folder, model_files(folder))}
-        )
-    return described
+    return list(roles.items())
+
+
+def describe_models(models) -> List[Dict[str, Any]]:
+    """Manifest entries for (name, role, local folder, revision) tuples."""
+    return [
+        {"model": name, "role": role, "revision": revision, "files": hash_files(folder, model_files(folder))}
+        for name, role, folder, revision in models
+    ]
 
 
 def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[float] = None) -> str:

@@ -10,7 +10,7 @@ mergekit parameter, so filters and per-layer gradients apply.
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Any, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Hashable, Optional, Sequence, Tuple
 
 import torch
 from mergekit.common import ModelReference
@@ -27,8 +27,8 @@ from mergekit.merge_methods.base import (
 
 from mergekit_reasoning.compat import check_compatible
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.kernel import apply_vector_sets
-from mergekit_reasoning.roles import DEFAULT_VECTOR, Role, pair_donors
+from mergekit_reasoning.kernel import merge_tensor
+from mergekit_reasoning.roles import DEFAULT_VECTOR, Role
 
 NAME = "reasoning_vector"
 
@@ -70,40 +70,6 @@ class ReasoningVectorMerge(GroupMergeMethod):
             vocab_axis=group.metadata.vocabulary_axis,
         )
         return merged
-
-
-def merge_tensor(
-    target: torch.Tensor,
-    donors: Mapping[Hashable, torch.Tensor],
-    roles: Mapping[Hashable, str],
-    vectors: Mapping[Hashable, str],
-    lambdas: Mapping[Hashable, float],
-    *,
-    name: str,
-    vocab_axis: Optional[int] = None,
-    lambda_values: Optional[Sequence[float]] = None,
-) -> List[torch.Tensor]:
-    """One output tensor, in the target's dtype, for both executors.
-
-    Returns one tensor for the recipe's λ, or one per value of `lambda_values`
-    (a sweep, where each value replaces every vector's λ).
-    """
-    pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
-    if lambda_values is None:
-        lambda_sets = [[pair.lam for pair in pairs]]
-    else:
-        lambda_sets = [[lam] * len(pairs) for lam in lambda_values]
-    # Round to the inputs' common dtype, as mergekit's executor aligns them before a method runs.
-    out_dtype = target.dtype
-    for tensor in donors.values():
-        out_dtype = torch.promote_types(out_dtype, tensor.dtype)
-    return apply_vector_sets(
-        target,
-        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
-        lambda_sets,
-        vocab_axis=vocab_axis,
-        out_dtype=out_dtype,
-    )
 
 
 _OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)

@@ -80,28 +80,10 @@ def check_recipe(text: str, config: Any) -> CheckedRecipe:
     if not donors:
         raise RecipeError("recipe has no donor models: add a `role: grpo` and a `role: sft` model")
     pairs = pair_donors(donors, roles, vectors, lambdas)
-    check_roles(roles.items())
-    _check_vector_dtypes(config, [p.grpo for p in pairs if p.sft is None])
+    check_roles(roles.items(), config.dtype)
     target = model_info(config.base_model)
     compatibility = check_compatible(target, [model_info(ref) for ref in donors])
     return CheckedRecipe(text=text, config=config, pairs=pairs, compatibility=compatibility)
-
-
-def _check_vector_dtypes(config: Any, vector_refs) -> None:
-    """Loading a float32 vector as bfloat16 would round it before the arithmetic."""
-    import torch
-    from mergekit.common import dtype_from_name
-
-    from mergekit_reasoning.inputs import vector_manifest
-
-    load = dtype_from_name(config.dtype)
-    for ref in vector_refs:
-        stored = getattr(torch, vector_manifest(ref)["dtype"])
-        if load is not None and torch.finfo(load).bits < torch.finfo(stored).bits:
-            raise RecipeError(
-                f"vector {ref} is stored in {vector_manifest(ref)['dtype']} but the recipe loads inputs as "
-                f"{config.dtype}; remove `dtype` (keep `out_dtype`) so the vector is used as stored"
-            )
 
 
 def _donor_entries(config: Any):

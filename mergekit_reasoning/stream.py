@@ -148,7 +148,7 @@ def _load(task) -> Dict:
 
 
 def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch.Tensor]:
-    from mergekit_reasoning.method import merge_tensor
+    from mergekit_reasoning.kernel import merge_tensor
 
     donors = [m for m in task.model_order if m != task.base_model]
     params = task.input_parameters

@@ -181,6 +181,28 @@ def read_manifest(folder: Path) -> Optional[Dict]:
     return manifest
 
 
+def check_roles_and_dtypes(roles, manifests, load_dtype: Optional[str]) -> None:
+    """`role: vector` exactly for vector folders, and no narrowing of a stored vector on load.
+
+    `roles` holds (model, role) pairs and `manifests` each model's vector manifest
+    or None. Loading a float32 vector as bfloat16 would round it before the
+    arithmetic, so a narrower `dtype` is refused.
+    """
+    for model, role in roles:
+        manifest = manifests.get(model)
+        if role == "vector" and manifest is None:
+            raise RecipeError(f"model {model} has role vector but is not a vector folder (no {MANIFEST})")
+        if role != "vector" and manifest is not None:
+            raise RecipeError(f"model {model} is a vector folder: give it `role: vector`, not {role!r}")
+        if manifest is not None and load_dtype is not None:
+            stored, load = DTYPES.get(manifest["dtype"]), getattr(torch, str(load_dtype).removeprefix("torch."), None)
+            if stored is not None and load is not None and torch.finfo(load).bits < torch.finfo(stored).bits:
+                raise RecipeError(
+                    f"vector {model} is stored in {manifest['dtype']} but the recipe loads inputs as "
+                    f"{load_dtype}; remove `dtype` (keep `out_dtype`) so the vector is used as stored"
+                )
+
+
 def check_against_shards(label: str, manifest: Dict, info) -> None:
     """The manifest must describe the shards beside it: same tensors, shapes, dtypes."""
     listed, stored = manifest["tensors"], info.shapes
