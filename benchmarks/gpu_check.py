@@ -8,6 +8,8 @@ the CPU output. Prints a markdown table of wall times and the verdict; exits 1
 if any output differs.
 
     python benchmarks/gpu_check.py --layers 28
+    (on the GPU machine, after benchmarks/device_setup.sh here:
+     PYTHONPATH=/tmp/site MKR_SITES=/tmp/site python3 benchmarks/gpu_check.py --layers 28)
 """
 
 import argparse
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _launch import MERGEKIT_REASONING, MERGEKIT_YAML, command
 
 
 def shard_hashes(folder: Path) -> dict:
@@ -39,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--cpu-only", action="store_true", help="dry run of the script itself, without CUDA runs")
     args = parser.parse_args()
 
     import torch
@@ -47,11 +51,10 @@ def main():
     from mergekit_reasoning.shipped import recipes_dir
     from mergekit_reasoning.standins import write_trio
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.cpu_only:
         raise SystemExit("no CUDA device visible")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     os.environ["MERGEKIT_REASONING_CACHE"] = str(work / "hash-cache")
-    bin_dir = Path(sys.executable).parent
     try:
         models = write_trio(work / "models", shape="qwen2.5-1.5b", num_layers=args.layers)
         data = yaml.safe_load((recipes_dir() / "qwen1.5b_add.yml").read_text())
@@ -59,33 +62,32 @@ def main():
         recipe.parent.mkdir(parents=True)
         recipe.write_text(yaml.safe_dump(retarget(data, str(models["target"]), {r: str(models[r]) for r in ("grpo", "sft")})))
 
-        runs = {
-            "mergekit-yaml (cpu)": [bin_dir / "mergekit-yaml", recipe, work / "o1", "--quiet"],
-            "mergekit-yaml --cuda": [bin_dir / "mergekit-yaml", recipe, work / "o2", "--quiet", "--cuda"],
-            "mergekit-yaml --cuda --read-to-gpu": [bin_dir / "mergekit-yaml", recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"],
-            "mergekit-reasoning merge (cpu)": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o4", "--quiet"],
-            "mergekit-reasoning merge --cuda": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o5", "--quiet", "--cuda"],
-            "mergekit-reasoning merge --read-to-gpu": [bin_dir / "mergekit-reasoning", "merge", recipe, work / "o6", "--quiet", "--read-to-gpu"],
-            "mergekit-reasoning regenerate --cuda": [bin_dir / "mergekit-reasoning", "regenerate", recipe.parent, "--out", work / "o7", "--cuda"],
+        stock, ours = command(MERGEKIT_YAML), command(MERGEKIT_REASONING)
+        runs = {  # name: (command, output folder)
+            "mergekit-yaml (cpu)": (stock + [recipe, work / "o1", "--quiet"], work / "o1"),
+            "mergekit-yaml --cuda": (stock + [recipe, work / "o2", "--quiet", "--cuda"], work / "o2"),
+            "mergekit-yaml --cuda --read-to-gpu": (stock + [recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"], work / "o3"),
+            "mergekit-reasoning merge (cpu)": (ours + ["merge", recipe, work / "o4", "--quiet"], work / "o4"),
+            "mergekit-reasoning merge --cuda": (ours + ["merge", recipe, work / "o5", "--quiet", "--cuda"], work / "o5"),
+            "mergekit-reasoning merge --read-to-gpu": (ours + ["merge", recipe, work / "o6", "--quiet", "--read-to-gpu"], work / "o6"),
+            "mergekit-reasoning regenerate --cuda": (ours + ["regenerate", recipe.parent, "--out", work / "o7", "--cuda"],
+                                                     work / "o7" / recipe.stem),
         }
-        print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; {args.layers} layers\n")
+        if args.cpu_only:
+            runs = {name: run for name, run in runs.items() if "cuda" not in name and "gpu" not in name}
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
+        print(f"device: {device}; torch {torch.__version__}; {args.layers} layers\n")
         print("| run | wall s | shards equal to CPU stock |")
         print("| --- | --- | --- |")
         reference, all_equal = None, True
-        for name, command in runs.items():
-            wall = timed(command)
-            if "regenerate" in name:
-                out = work / "o7" / recipe.stem
-            elif "mergekit-reasoning" in name:
-                out = Path(command[3])
-            else:
-                out = Path(command[2])
+        for name, (argv, out) in runs.items():
+            wall = timed(argv)
             hashes = shard_hashes(out)
             reference = reference or hashes
             equal = hashes == reference
             all_equal &= equal
             print(f"| {name} | {wall:.1f} | {'yes' if equal else 'NO'} |")
-        print(f"\nverdict: {'every GPU output is bitwise identical to the CPU output' if all_equal else 'OUTPUTS DIFFER'}")
+        print(f"\nverdict: {'every output is bitwise identical to the stock CPU merge' if all_equal else 'OUTPUTS DIFFER'}")
         sys.exit(0 if all_equal else 1)
     finally:
         if args.workdir is None:

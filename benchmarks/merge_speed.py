@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from _launch import MERGEKIT_REASONING, MERGEKIT_YAML, command
 
 FLOOR = """
 import sys, torch
@@ -107,8 +108,7 @@ def main():
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-speed-"))
     os.environ["MERGEKIT_REASONING_CACHE"] = str(work / "hash-cache")  # private, starts empty
-    bin_dir = Path(sys.executable).parent
-    stock_yaml, ours = bin_dir / "mergekit-yaml", bin_dir / "mergekit-reasoning"
+    stock_yaml, ours = command(MERGEKIT_YAML), command(MERGEKIT_REASONING)
     try:
         models = write_trio(work / "models", shape=args.shape, num_layers=args.layers, tokenizer=False)
         input_bytes = sum(f.stat().st_size for m in models.values() for f in m.glob("*.safetensors"))
@@ -130,17 +130,17 @@ def main():
             gpu = ["--cuda"] if device == "cuda" else []
             rows.append((f"floor: safetensors loop ({device})",
                          measure([sys.executable, "-c", FLOOR, models["target"], models["grpo"], models["sft"], out("floor"), device])))
-            rows.append((f"stock mergekit-yaml task_arithmetic ({device})", measure([stock_yaml, ta, out("ta"), "--quiet", *gpu])))
-            rows.append((f"stock mergekit-yaml reasoning_vector ({device})", measure([stock_yaml, rv, out("rv"), "--quiet", *gpu])))
+            rows.append((f"stock mergekit-yaml task_arithmetic ({device})", measure([*stock_yaml, ta, out("ta"), "--quiet", *gpu])))
+            rows.append((f"stock mergekit-yaml reasoning_vector ({device})", measure([*stock_yaml, rv, out("rv"), "--quiet", *gpu])))
             rows.append((f"mergekit-reasoning merge ({device})",
-                         measure([ours, "merge", rv, out("stream"), "--quiet", "--overwrite", *gpu])))
+                         measure([*ours, "merge", rv, out("stream"), "--quiet", "--overwrite", *gpu])))
             if device == "cuda":
                 rows.append(("mergekit-reasoning merge (--read-to-gpu)",
-                             measure([ours, "merge", rv, out("stream-r2g"), "--quiet", "--overwrite", "--read-to-gpu"])))
+                             measure([*ours, "merge", rv, out("stream-r2g"), "--quiet", "--overwrite", "--read-to-gpu"])))
             lams = [str(round(-1 + 2 * i / max(args.sweep - 1, 1), 3)) for i in range(args.sweep)]
             sweep_args = [a for lam in lams for a in ("--lambda", lam)]
             rows.append((f"mergekit-reasoning merge, sweep of {args.sweep} λ ({device})",
-                         measure([ours, "merge", rv, out("sweep"), "--quiet", "--overwrite", *gpu, *sweep_args])))
+                         measure([*ours, "merge", rv, out("sweep"), "--quiet", "--overwrite", *gpu, *sweep_args])))
 
         floor = {d: r["wall"] for name, r in rows if name.startswith("floor") for d in devices if f"({d})" in name}
         stock = {d: r["wall"] for name, r in rows if name.startswith("stock mergekit-yaml task") for d in devices if f"({d})" in name}
