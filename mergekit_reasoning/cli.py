@@ -82,16 +82,32 @@ def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str 
               help="magnitude keeps the largest entries; dare keeps random ones and rescales.")
 @click.option("--density", type=float, default=1.0, show_default=True, help="Fraction of entries kept.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare.")
+@click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+              help="sparse keeps only nonzero entries, compact for sharing; `densify` restores the dense folder.")
 @click.option("--overwrite", is_flag=True)
-def extract(grpo, sft, out, dtype, sparsify, density, seed, overwrite):
+def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
     """Write the reasoning vector GRPO − SFT as a shareable folder."""
     from mergekit_reasoning.vectors import Sparsify, extract as extract_vector
 
     plan = Sparsify(sparsify, density, seed) if sparsify else None
-    manifest = extract_vector(grpo, sft, out, dtype=dtype, sparsify=plan, overwrite=overwrite, echo=lambda m: click.echo(m, err=True))
+    manifest = extract_vector(grpo, sft, out, dtype=dtype, sparsify=plan, storage=storage, overwrite=overwrite,
+                              echo=lambda m: click.echo(m, err=True))
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
     click.echo(f"wrote {out}: {len(manifest['tensors'])} tensors, {size / 1e6:.1f} MB {dtype}, "
                f"norm {manifest['total_norm']:.6g}, distance from the full vector {manifest['relative_error']:.3%}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True)
+def densify(source, out, overwrite):
+    """Turn a sparse vector folder back into the dense folder that recipes apply."""
+    from mergekit_reasoning.vectors import densify as densify_vector
+
+    densify_vector(source, out, overwrite=overwrite)
+    size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
+    click.echo(f"wrote {out}: {size / 1e6:.1f} MB dense")
 
 
 @main.command(name="inspect")

@@ -7,7 +7,7 @@ from mergekit.io.tasks import LoaderCache
 
 from mergekit_reasoning.compat import ModelInfo, read_model_info, shard_problem
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vectors import check_against_shards, check_roles_and_dtypes, read_manifest
+from mergekit_reasoning.vectors import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
 
 
 def loader(ref: ModelReference):
@@ -29,6 +29,8 @@ def model_info(ref: ModelReference) -> ModelInfo:
     info = read_model_info(str(ref), index.base_path, index.tensor_paths, config)
     manifest = read_manifest(index.base_path)
     if manifest is not None:
+        if manifest.get("storage") == "sparse":
+            raise RecipeError(sparse_message(ref))
         check_against_shards(str(ref), manifest, info)
     return info
 

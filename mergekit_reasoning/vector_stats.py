@@ -28,20 +28,17 @@ def group_of(name: str) -> Tuple[str, str]:
 
 
 def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
+    """Dense tensors of a vector folder, sparse storage included."""
+    from mergekit_reasoning.vectors import dense_tensors, read_manifest
 
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
+    if not any(Path(folder).glob("*.safetensors")):
         raise RecipeError(f"{folder}: no safetensors shards")
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    yield name, handle.get_tensor(name)
-        except RecipeError:
-            raise
-        except Exception as error:
-            raise RecipeError(f"{file}: cannot read: {error}") from None
+    try:
+        yield from dense_tensors(folder, read_manifest(folder) or {})
+    except RecipeError:
+        raise
+    except Exception as error:
+        raise RecipeError(f"{folder}: cannot read: {error}") from None
 
 
 def vector_stats(vector: Path, target: Optional[Path] = None, other: Optional[Path] = None) -> Dict:

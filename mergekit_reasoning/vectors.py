@@ -27,7 +27,9 @@ MANIFEST = "reasoning_vector.json"
 FORMAT = "mergekit-reasoning/vector"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPARSIFY = ("magnitude", "dare")
+STORAGES = ("dense", "sparse")
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+INDICES, VALUES = ".nonzero_indices", ".nonzero_values"
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,19 @@ def extract(
     *,
     dtype: str = "float32",
     sparsify: Optional[Sparsify] = None,
+    storage: str = "dense",
     max_shard_size: int = 5_000_000_000,
     overwrite: bool = False,
     echo=lambda line: None,
 ) -> Dict:
-    """Write `grpo − sft` as a vector folder at `out` and return its manifest."""
+    """Write `grpo − sft` as a vector folder at `out` and return its manifest.
+
+    `storage="sparse"` keeps only the nonzero entries (flat indices and values)
+    for sharing; `densify` turns such a folder back into the dense one, bit for
+    bit, which is what recipes apply.
+    """
+    if storage not in STORAGES:
+        raise RecipeError(f"unknown storage {storage!r}: use {' or '.join(STORAGES)}")
     from mergekit.common import ModelReference
     from mergekit.io.tensor_writer import TensorWriter
 
@@ -124,7 +134,8 @@ def extract(
                 total += norm**2
                 total_full += full_norm**2
                 total_error += error**2
-                writer.save_tensor(name, stored.contiguous())
+                for key, tensor in _stored_tensors(name, stored, storage):
+                    writer.save_tensor(key, tensor)
                 del g, s, full, stored
 
         config = dict(g_info.config)
@@ -137,6 +148,8 @@ def extract(
             "version": 1,
             "sources": {role: _source(ref) for role, ref in (("grpo", grpo), ("sft", sft))},
             "dtype": dtype,
+            "storage": storage,
+            "max_shard_size": max_shard_size,
             "sparsify": None if sparsify is None else vars(sparsify),
             "architecture": {k: config.get(k) for k in ("architectures", "model_type", "hidden_size", "num_hidden_layers",
                                                         "num_attention_heads", "num_key_value_heads", "intermediate_size")},
@@ -153,6 +166,71 @@ def extract(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _stored_tensors(name: str, tensor: torch.Tensor, storage: str):
+    """What one vector tensor is saved as: itself, or its nonzero entries."""
+    if storage == "dense":
+        return [(name, tensor.contiguous())]
+    flat = tensor.reshape(-1)
+    index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+    indices = flat.nonzero().squeeze(1)
+    return [(name + INDICES, indices.to(index_dtype)), (name + VALUES, flat[indices].contiguous())]
+
+
+def dense_tensors(folder: Path, manifest: Dict):
+    """(name, dense tensor) for every tensor of a vector folder, sparse or dense."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            keys = set(handle.keys())
+            for key in sorted(keys):
+                if manifest.get("storage") != "sparse":
+                    yield key, handle.get_tensor(key)
+                elif key.endswith(VALUES):
+                    name = key[: -len(VALUES)]
+                    values, indices = handle.get_tensor(key), handle.get_tensor(name + INDICES)
+                    shape = manifest["tensors"][name]["shape"]
+                    dense = torch.zeros(math.prod(shape), dtype=values.dtype)
+                    dense[indices.long()] = values
+                    yield name, dense.reshape(shape)
+
+
+def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
+    """Rebuild the dense vector folder from a sparse one, bit for bit."""
+    from mergekit.io.tensor_writer import TensorWriter
+
+    from mergekit_reasoning.hashing import hash_files
+
+    source, out = Path(source), Path(out)
+    manifest = read_manifest(source)
+    if manifest is None or manifest.get("storage") != "sparse":
+        raise RecipeError(f"{source} is not a sparse vector folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with TensorWriter(str(staging), max_shard_size=manifest.get("max_shard_size", 5_000_000_000)) as writer:
+            for name, tensor in _in_manifest_order(dense_tensors(source, manifest), manifest):
+                writer.save_tensor(name, tensor)
+        shutil.copy(source / "config.json", staging / "config.json")
+        dense = dict(manifest, storage="dense")
+        dense["shards"] = hash_files(staging, sorted(p.name for p in staging.glob("*.safetensors")), cached=False)
+        (staging / MANIFEST).write_text(json.dumps(dense, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dense
+
+
+def _in_manifest_order(pairs, manifest):
+    """Tensors in the order extraction wrote them, so shards match a dense extraction."""
+    tensors = dict(pairs)
+    return [(name, tensors[name]) for name in manifest["tensors"]]
 
 
 def _head_source(name: str, info) -> str:
@@ -192,6 +270,8 @@ def check_roles_and_dtypes(roles, manifests, load_dtype: Optional[str]) -> None:
         manifest = manifests.get(model)
         if role == "vector" and manifest is None:
             raise RecipeError(f"model {model} has role vector but is not a vector folder (no {MANIFEST})")
+        if manifest is not None and manifest.get("storage") == "sparse":
+            raise RecipeError(sparse_message(model))
         if role != "vector" and manifest is not None:
             raise RecipeError(f"model {model} is a vector folder: give it `role: vector`, not {role!r}")
         if manifest is not None and load_dtype is not None:
@@ -203,9 +283,19 @@ def check_roles_and_dtypes(roles, manifests, load_dtype: Optional[str]) -> None:
                 )
 
 
+def sparse_message(model) -> str:
+    return f"vector {model} is stored sparse, for sharing: run `mergekit-reasoning densify {model} DIR` and apply DIR"
+
+
 def check_against_shards(label: str, manifest: Dict, info) -> None:
     """The manifest must describe the shards beside it: same tensors, shapes, dtypes."""
     listed, stored = manifest["tensors"], info.shapes
+    if manifest.get("storage") == "sparse":
+        for name in listed:
+            indices, values = stored.get(name + INDICES), stored.get(name + VALUES)
+            if indices is None or values is None or indices != values:
+                raise RecipeError(f"vector {label}: the sparse entries of {name} are missing or do not match")
+        return
     for name in sorted(set(listed) | set(stored)):
         if name not in stored:
             raise RecipeError(f"vector {label}: manifest lists {name}, which no shard holds")

@@ -213,3 +213,33 @@ def test_extract_never_overwrites_a_complete_folder(trio, make_model, tmp_path):
         extract(other, trio["sft"], tmp_path / "v", overwrite=True)
     assert (tmp_path / "v" / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sparse_storage_is_compact_and_densifies_to_the_dense_folder(trio, tmp_path):
+    from mergekit_reasoning.vector_stats import vector_stats
+    from mergekit_reasoning.vectors import densify
+
+    plan = Sparsify("magnitude", 0.1)
+    dense = extract(trio["grpo"], trio["sft"], tmp_path / "dense", dtype="bfloat16", sparsify=plan)
+    sparse = extract(trio["grpo"], trio["sft"], tmp_path / "sparse", dtype="bfloat16", sparsify=plan, storage="sparse")
+    size = lambda folder: sum(p.stat().st_size for p in folder.glob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "sparse") * 2.5 < size(tmp_path / "dense")
+    assert sparse["storage"] == "sparse" and sparse["tensors"] == dense["tensors"]
+    assert vector_stats(tmp_path / "sparse") == vector_stats(tmp_path / "dense")
+    assert invoke("verify", tmp_path / "sparse").exit_code == 0
+
+    restored = densify(tmp_path / "sparse", tmp_path / "restored")
+    assert restored["shards"] == dense["shards"]  # byte for byte the dense extraction
+    assert_bitwise_equal(read_tensors(tmp_path / "restored"), read_tensors(tmp_path / "dense"))
+
+
+def test_a_sparse_folder_is_refused_with_a_pointer_to_densify(trio, tmp_path):
+    extract(trio["grpo"], trio["sft"], tmp_path / "v", sparsify=Sparsify("dare", 0.3), storage="sparse")
+    result = invoke("check", write_recipe(tmp_path, vector_recipe(trio["target"], tmp_path / "v")))
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: vector {tmp_path / 'v'} is stored sparse, for sharing: "
+        f"run `mergekit-reasoning densify {tmp_path / 'v'} DIR` and apply DIR"
+    )
+    with pytest.raises(RecipeError, match="is stored sparse"):
+        run_stock(vector_recipe(trio["target"], tmp_path / "v"), tmp_path / "out")
