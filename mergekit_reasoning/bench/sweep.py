@@ -1,8 +1,9 @@
 """λ sweep: merge target + λ·(GRPO − SFT) for each λ with the project's merge method, then score.
 
-Resumable: a merge folder counts as done only once its `.merge-complete` marker is
-written (merges go to a temporary folder first), and scores are reused per unit
-from the run's cache, so rerunning after an interruption redoes nothing finished.
+All missing λ values are merged in one pass over the inputs. Resumable: a merge
+folder counts as done only once its `.merge-complete` marker is written (merges
+go to a temporary folder first), and scores are reused per unit from the run's
+cache, so rerunning after an interruption redoes nothing finished.
 """
 
 from __future__ import annotations
@@ -37,27 +38,39 @@ def merge_config(target: str, sft: str, grpo: str, lam: float, dtype: str = "bfl
     }
 
 
-def merge_lambda(target: str, sft: str, grpo: str, lam: float, out_dir: Path, dtype: str = "bfloat16") -> Path:
-    """The merged model folder for λ, merging only if no finished merge is there."""
-    out_dir = Path(out_dir)
-    config = merge_config(target, sft, grpo, lam, dtype)
-    marker = out_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("config") == config:
-        return out_dir
-    import mergekit_reasoning.method  # noqa: F401  registers reasoning_vector with mergekit
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
+def merge_lambdas(target: str, sft: str, grpo: str, lams, out_root: Path, dtype: str = "bfloat16") -> Dict[float, Path]:
+    """The merged folder of every λ, merging the unfinished ones in a single pass.
 
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    The project's streaming executor reads the three models once and writes one
+    model per missing λ, each bitwise identical to a merge of that λ alone.
+    """
+    out_root = Path(out_root)
+    folders = {lam: out_root / lambda_label(lam) for lam in lams}
+    missing = []
+    for lam, folder in folders.items():
+        marker = folder / MARKER
+        finished = marker.is_file() and json.loads(marker.read_text()).get("config") == merge_config(target, sft, grpo, lam, dtype)
+        if not finished:
+            missing.append(lam)
+            shutil.rmtree(folder.with_name(folder.name + ".partial"), ignore_errors=True)
+    if not missing:
+        return folders
+    import yaml
+    from mergekit.merge import MergeOptions
+
+    from mergekit_reasoning import stream
+    from mergekit_reasoning.errors import RecipeError
+    from mergekit_reasoning.recipe import check_recipe, parse_recipe
+
+    text = yaml.safe_dump(merge_config(target, sft, grpo, 1.0, dtype), sort_keys=False)
     try:
-        run_merge(MergeConfiguration.model_validate(config), str(partial), options=MergeOptions(quiet=True))
-    except Exception as exc:
-        raise BenchError(f"merge for λ={lam:g} failed: {type(exc).__name__}: {exc}") from exc
-    (partial / MARKER).write_text(json.dumps({"config": config}))
-    partial.rename(out_dir)
-    return out_dir
+        checked = check_recipe(text, parse_recipe(yaml.safe_load(text), source="λ sweep"))
+        stream.merge(checked, [folders[lam] for lam in missing], MergeOptions(quiet=True), lambdas=missing, overwrite=True)
+    except RecipeError as exc:
+        raise BenchError(f"merge for λ={', '.join(f'{lam:g}' for lam in missing)} failed: {exc.message}") from exc
+    for lam in missing:
+        (folders[lam] / MARKER).write_text(json.dumps({"config": merge_config(target, sft, grpo, lam, dtype)}))
+    return folders
 
 
 def run_sweep(
@@ -85,10 +98,8 @@ def run_sweep(
     for label, ref in (("target", target), ("sft", sft), ("grpo", grpo)):
         check_model(label, str(ref))
     out = Path(out_dir)
-    models: Dict[str, str] = {}
-    for lam in lams:
-        path = target if lam == 0 else merge_lambda(target, sft, grpo, lam, out / "merges" / lambda_label(lam), dtype)
-        models[lambda_label(lam)] = str(path)
+    merged = merge_lambdas(target, sft, grpo, [lam for lam in lams if lam != 0], out / "merges", dtype)
+    models: Dict[str, str] = {lambda_label(lam): str(target if lam == 0 else merged[lam]) for lam in lams}
     baseline = bench_options.pop("baseline", None) or (lambda_label(0.0) if 0.0 in lams else None)
     document = run_bench(
         models, tasks, out_dir=out, baseline=baseline, plots=plots,

@@ -19,12 +19,10 @@ FAST = dict(limit=1, max_gen_toks=4, batch_size=4, progress=False)
 
 @pytest.fixture(scope="module")
 def labelled(trio, tmp_path_factory):
-    from mergekit_reasoning.bench.sweep import merge_lambda
+    from mergekit_reasoning.bench.sweep import merge_lambdas
 
-    root = tmp_path_factory.mktemp("merges")
-    plus = merge_lambda(trio["target"], trio["sft"], trio["grpo"], 1.0, root / "add")
-    minus = merge_lambda(trio["target"], trio["sft"], trio["grpo"], -1.0, root / "sub")
-    return {"base": str(trio["target"]), "plus": str(plus), "minus": str(minus)}
+    merged = merge_lambdas(trio["target"], trio["sft"], trio["grpo"], [1.0, -1.0], tmp_path_factory.mktemp("merges"))
+    return {"base": str(trio["target"]), "plus": str(merged[1.0]), "minus": str(merged[-1.0])}
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,22 @@ LAMBDAS = [0.0, 0.5, 1.0]
 
 def _spies(monkeypatch):
     import lm_eval
-    import mergekit.merge
 
-    calls = {"merge": [], "score": []}
-    real_merge, real_eval = mergekit.merge.run_merge, lm_eval.simple_evaluate
+    from mergekit_reasoning import stream
 
-    def merge(config, out, *a, **k):
-        calls["merge"].append(config.parameters["lambda"] if config.parameters else None)
-        return real_merge(config, out, *a, **k)
+    calls = {"merge": [], "score": [], "passes": 0}
+    real_merge, real_eval = stream.merge, lm_eval.simple_evaluate
+
+    def merge(checked, outs, options, *, lambdas=None, **k):
+        calls["merge"].extend(lambdas)
+        calls["passes"] += 1
+        return real_merge(checked, outs, options, lambdas=lambdas, **k)
 
     def score(*a, **k):
         calls["score"].append(k["model"].pretrained if hasattr(k["model"], "pretrained") else k["model"])
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(mergekit.merge, "run_merge", merge)
+    monkeypatch.setattr(stream, "merge", merge)
     monkeypatch.setattr(lm_eval, "simple_evaluate", score)
     return calls
 
@@ -45,6 +47,7 @@ def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, mon
     calls = _spies(monkeypatch)
     doc = _sweep(trio, out, fixture_data)
     assert sorted(calls["merge"]) == [0.5, 1.0]  # λ = 0 is the target itself
+    assert calls["passes"] == 1  # both read the inputs in one pass
     assert len(calls["score"]) == 3
     assert doc["settings"]["sweep"]["lambdas"] == LAMBDAS
     assert doc["settings"]["baseline"] == "lambda=0"
@@ -59,8 +62,9 @@ def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, mon
 
     # A rerun finds everything done.
     calls["merge"].clear(), calls["score"].clear()
+    calls["passes"] = 0
     again = _sweep(trio, out, fixture_data)
-    assert calls == {"merge": [], "score": []}
+    assert calls == {"merge": [], "score": [], "passes": 0}
     assert again["scores"] == doc["scores"]
 
     # An interruption: λ=0.5's merge never finished and one finished score was lost.
