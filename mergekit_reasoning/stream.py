@@ -14,9 +14,6 @@ with a note, into the same staging folder and manifest.
 """
 
 import logging
-import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +24,7 @@ import torch
 from mergekit_reasoning.compat import HEAD
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.recipe import CheckedRecipe
+from mergekit_reasoning.staging import refuse_non_empty, staged
 
 LOG = logging.getLogger(__name__)
 
@@ -47,8 +45,7 @@ def merge(
     if lambdas is not None and len(lambdas) != len(outs):
         raise RecipeError(f"{len(lambdas)} lambda values but {len(outs)} output folders")
     for out in outs:
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+        refuse_non_empty(out, overwrite)  # before planning, not after
     plan, cfg_out, arch_info = _plan(checked, options, outs[0])
     streamable = all(type(t.tensor_task.gather_tensors).__name__ == "GatherTensors" for t in plan)
     if not streamable and lambdas is not None:
@@ -56,30 +53,27 @@ def merge(
 
     target_tied = HEAD not in _target_names(checked)
     device = torch.device(options.device or "cpu")
-    staging = [_staging_dir(out) for out in outs]
     # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
     described = hashing.submit(describe_inputs, checked) if inputs is None else None
     try:
-        if streamable:
-            with ExitStack() as stack:
-                writers = [stack.enter_context(_writer(path, options)) for path in staging]
-                _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
-        else:
-            LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
-            _mergekit_executor(checked, staging[0], outs[0].name, options)
-        inputs = inputs if described is None else described.result()
-        for index, (path, out) in enumerate(zip(staging, outs)):
+        with ExitStack() as outputs:
+            staging = [outputs.enter_context(staged(out, overwrite=overwrite)) for out in outs]
             if streamable:
-                _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
-            lam = None if lambdas is None else lambdas[index]
-            write_manifest(path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size)
-        for path, out in zip(staging, outs):
-            _move_into_place(path, out)
+                with ExitStack() as stack:
+                    writers = [stack.enter_context(_writer(path, options)) for path in staging]
+                    _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
+            else:
+                LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
+                _mergekit_executor(checked, staging[0], outs[0].name, options)
+            inputs = inputs if described is None else described.result()
+            for index, (path, out) in enumerate(zip(staging, outs)):
+                if streamable:
+                    _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
+                lam = None if lambdas is None else lambdas[index]
+                write_manifest(path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size)
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
-        for path in staging:
-            shutil.rmtree(path, ignore_errors=True)
     return outs
 
 
@@ -170,11 +164,6 @@ def _target_names(checked: CheckedRecipe):
     return model_info(checked.config.base_model).shapes
 
 
-def _staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-
-
 def _writer(path: Path, options):
     from mergekit.io.tensor_writer import TensorWriter
 
@@ -204,13 +193,3 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
         except Exception as error:  # as mergekit-yaml: the weights are still good
             LOG.error("Failed to copy the tokenizer (%s); copy it from the target yourself.", error)
     _copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)

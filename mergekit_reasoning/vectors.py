@@ -13,7 +13,6 @@ differences the merge computes, so applying it gives the same bits as the pair.
 import json
 import math
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Dict, Optional
 import torch
 
 from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.staging import refuse_non_empty, staged
 
 MANIFEST = "reasoning_vector.json"
 FORMAT = "mergekit-reasoning/vector"
@@ -95,8 +95,7 @@ def extract(
         raise RecipeError(f"unknown vector dtype {dtype!r}: use {' or '.join(DTYPES)}")
     grpo, sft = ModelReference.model_validate(str(grpo)), ModelReference.model_validate(str(sft))
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+    refuse_non_empty(out, overwrite)  # before reading any weights
     g_info, s_info = model_info(grpo), model_info(sft)
     report = check_compatible(s_info, [g_info], what="the SFT model")
     for note in report.notes():
@@ -106,10 +105,8 @@ def extract(
     if (HEAD in g_info.shapes) != (HEAD in s_info.shapes) and HEAD not in names:
         names.append(HEAD)  # one side is untied: keep its head, the other's head is its embeddings
     g_load, s_load = loader(grpo), loader(sft)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tensors, total, total_full, total_error = {}, 0.0, 0.0, 0.0
-    try:
+    with staged(out, overwrite=overwrite) as staging:
         with TensorWriter(str(staging), max_shard_size=max_shard_size) as writer:
             for name in names:
                 g = g_load.get_tensor(_head_source(name, g_info))
@@ -160,11 +157,6 @@ def extract(
             "packages": package_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
@@ -207,11 +199,7 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
     manifest = read_manifest(source)
     if manifest is None or manifest.get("storage") != "sparse":
         raise RecipeError(f"{source} is not a sparse vector folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RecipeError(f"output folder {out} is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged(out, overwrite=overwrite) as staging:
         with TensorWriter(str(staging), max_shard_size=manifest.get("max_shard_size", 5_000_000_000)) as writer:
             for name, tensor in _in_manifest_order(dense_tensors(source, manifest), manifest):
                 writer.save_tensor(name, tensor)
@@ -219,11 +207,6 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
         dense = dict(manifest, storage="dense")
         dense["shards"] = hash_files(staging, sorted(p.name for p in staging.glob("*.safetensors")), cached=False)
         (staging / MANIFEST).write_text(json.dumps(dense, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return dense
 
 
