@@ -39,18 +39,38 @@ def cached_sha256(path: os.PathLike) -> str:
     path = Path(path).resolve()
     if path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name):
         return path.name
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
-    cache_file = _cache_path()
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
+    key = _key(path)
+    known = _read_cache().get(key)
+    if known is not None:
+        return known
     digest = sha256_file(path)
-    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
+    _store(path, key, digest)
+    return digest
+
+
+def remember_sha256(path: os.PathLike, digest: str) -> None:
+    """Record a hash computed elsewhere (a merge hashes the shards it writes), so the
+    next reader of the file, such as the benchmark harness, need not read it again."""
+    path = Path(path).resolve()
+    _store(path, _key(path), digest)
+
+
+def _key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+
+
+def _read_cache() -> Dict[str, str]:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(path: Path, key: str, digest: str) -> None:
+    cache = {k: v for k, v in _read_cache().items() if not k.startswith(f"{path}|")}
     cache[key] = digest
+    cache_file = _cache_path()
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
@@ -58,7 +78,6 @@ def cached_sha256(path: os.PathLike) -> str:
         tmp.replace(cache_file)
     except OSError:
         pass  # a read-only home only costs a re-hash next time
-    return digest
 
 
 def hash_files(folder: Path, names: Iterable[str], *, cached: bool = True) -> Dict[str, str]:

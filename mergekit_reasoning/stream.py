@@ -23,6 +23,7 @@ import torch
 
 from mergekit_reasoning.compat import HEAD
 from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.hashing import remember_sha256
 from mergekit_reasoning.recipe import CheckedRecipe
 from mergekit_reasoning.staging import refuse_non_empty, staged
 
@@ -67,13 +68,19 @@ def merge(
                 LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
                 _mergekit_executor(checked, staging[0], outs[0].name, options)
             inputs = inputs if described is None else described.result()
+            manifests = []
             for index, (path, out) in enumerate(zip(staging, outs)):
                 if streamable:
                     _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
                 lam = None if lambdas is None else lambdas[index]
-                write_manifest(path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size)
+                manifests.append(write_manifest(
+                    path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size
+                ))
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
+    for out, manifest in zip(outs, manifests):  # now in place: scoring them needs no re-read
+        for name, digest in manifest["outputs"].items():
+            remember_sha256(out / name, digest)
     return outs
 
 

@@ -109,3 +109,32 @@ def test_recipes_it_cannot_stream_fall_back_to_mergekit_with_a_note(trio, tmp_pa
     sweep = ours("merge", recipe, tmp_path / "c", str(tmp_path / "c" / "sweep"), "--lambda", "1", "--lambda", "2")
     assert sweep.returncode == 1 and "needs a streamable recipe" in sweep.stderr
     assert not (tmp_path / "c" / "sweep").exists() or not any((tmp_path / "c" / "sweep").iterdir())
+
+
+def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, monkeypatch):
+    """Scoring a fresh merge (the harness hashes what it scores) must not re-read its shards."""
+    import hashlib
+
+    from mergekit_reasoning import hashing
+
+    monkeypatch.setenv("MERGEKIT_REASONING_CACHE", str(tmp_path / "hash-cache"))
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
+    done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    recorded = {}
+    for out in (tmp_path / "sweep").iterdir():
+        for name, digest in json.loads((out / "reasoning_merge.json").read_text())["outputs"].items():
+            assert digest == hashlib.sha256((out / name).read_bytes()).hexdigest()
+            recorded[out / name] = digest
+    assert len(recorded) == 2
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(hashing, "sha256_file", no_reading)
+    for shard, digest in recorded.items():
+        assert hashing.cached_sha256(shard) == digest
+    shard = next(iter(recorded))
+    shard.write_bytes(shard.read_bytes())  # same bytes, new file identity: must be hashed afresh
+    with pytest.raises(AssertionError, match="read again"):
+        hashing.cached_sha256(shard)
