@@ -112,15 +112,16 @@ def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo], *, what: st
     for name in VOCAB_AXIS:
         if name in target.shapes:
             rows = [target.shapes[name][0]] + [
-                d.shapes[src][0] for d in donors if (src := _source(d, name)) in d.shapes
+                d.shapes[src][0] for d in donors if (src := source_tensor(d, name)) in d.shapes
             ]
             if len(set(rows)) > 1 and not (name == HEAD and target.tied):
                 result.vocab_rows[name] = (rows[0], min(rows))
     return result
 
 
-def _source(donor: ModelInfo, name: str) -> Optional[str]:
-    return donor.head_source() if name == HEAD else name
+def source_tensor(model: ModelInfo, name: str) -> Optional[str]:
+    """The stored tensor that plays `name` in `model`: its embeddings stand in for a tied head."""
+    return model.head_source() if name == HEAD else name
 
 
 def _check_structure(target: ModelInfo, donor: ModelInfo, what: str) -> None:
@@ -137,7 +138,7 @@ def _check_structure(target: ModelInfo, donor: ModelInfo, what: str) -> None:
 
 def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str) -> None:
     for name, shape in target.shapes.items():
-        source = _source(donor, name)
+        source = source_tensor(donor, name)
         if source is None or source not in donor.shapes:
             raise RecipeError(f"model {donor.label}: tensor {name} is missing ({what} has it)")
         got = donor.shapes[source]

@@ -1,6 +1,8 @@
 """Models named by a recipe, opened the way mergekit opens them (hub or local)."""
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
@@ -17,6 +19,13 @@ def loader(ref: ModelReference):
     except Exception as error:
         problem = shard_problem(ref.model.path)  # name the broken shard of a local folder
         raise RecipeError(f"model {ref}: cannot open its weights: {problem or error}") from None
+
+
+def local_folder(ref: ModelReference) -> Tuple[Path, Optional[str]]:
+    """The folder mergekit reads `ref` from, and its revision: the one pinned in the
+    recipe, or the snapshot the Hugging Face cache resolved it to."""
+    folder = Path(loader(ref).index.base_path)
+    return folder, ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
 
 
 @lru_cache(maxsize=None)

@@ -35,12 +35,11 @@ def package_versions(names=PACKAGES) -> Dict[str, Optional[str]]:
 
 def describe_inputs(checked) -> List[Dict[str, Any]]:
     """Each model the recipe reads: reference, revision and file hashes."""
-    from mergekit_reasoning.inputs import loader
+    from mergekit_reasoning.inputs import local_folder
 
     models = []
     for ref, role in input_roles(checked.config.base_model, checked.pairs):
-        folder = Path(loader(ref).index.base_path)
-        revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
+        folder, revision = local_folder(ref)
         models.append((str(ref), role, folder, revision))
     return describe_models(models)
 
@@ -124,11 +123,11 @@ def input_problems(manifest: Dict) -> List[str]:
     """Inputs whose files no longer hash as they did when the merge was made."""
     from mergekit.common import ModelReference
 
-    from mergekit_reasoning.inputs import loader
+    from mergekit_reasoning.inputs import local_folder
 
     problems = []
     for entry in manifest["inputs"]:
-        folder = Path(loader(ModelReference.model_validate(entry["model"])).index.base_path)
+        folder, _ = local_folder(ModelReference.model_validate(entry["model"]))
         current = hash_files(folder, [n for n in entry["files"] if (folder / n).exists()])
         for name, digest in entry["files"].items():
             if current.get(name) != digest:

@@ -60,7 +60,7 @@ def check_recipe(text: str, config: Any) -> CheckedRecipe:
     """Pair the donors by role and check every model against the target."""
     from mergekit_reasoning.compat import check_compatible
     from mergekit_reasoning.inputs import check_roles, model_info
-    from mergekit_reasoning.roles import pair_donors
+    from mergekit_reasoning.roles import DEFAULT_VECTOR, pair_donors
 
     donors, roles, vectors, lambdas = [], {}, {}, {}
     for entry in _donor_entries(config):
@@ -72,7 +72,7 @@ def check_recipe(text: str, config: Any) -> CheckedRecipe:
         params: Dict[str, Any] = dict(entry.parameters or {})
         donors.append(ref)
         roles[ref] = _scalar(params.get("role"), ref, "role")
-        vectors[ref] = _scalar(params.get("vector", "reasoning"), ref, "vector")
+        vectors[ref] = _scalar(params.get("vector", DEFAULT_VECTOR), ref, "vector")
         lam = params.get("lambda", (config.parameters or {}).get("lambda", 1.0))
         if isinstance(lam, (int, float)) and not isinstance(lam, bool):
             lambdas[ref] = float(lam)

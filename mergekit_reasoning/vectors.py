@@ -20,6 +20,7 @@ from typing import Dict, Optional
 
 import torch
 
+from mergekit_reasoning.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.staging import refuse_non_empty, staged
 
@@ -28,7 +29,6 @@ FORMAT = "mergekit-reasoning/vector"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPARSIFY = ("magnitude", "dare")
 STORAGES = ("dense", "sparse")
-EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 INDICES, VALUES = ".nonzero_indices", ".nonzero_values"
 
 
@@ -109,8 +109,8 @@ def extract(
     with staged(out, overwrite=overwrite) as staging:
         with TensorWriter(str(staging), max_shard_size=max_shard_size) as writer:
             for name in names:
-                g = g_load.get_tensor(_head_source(name, g_info))
-                s = s_load.get_tensor(_head_source(name, s_info))
+                g = g_load.get_tensor(source_tensor(g_info, name))
+                s = s_load.get_tensor(source_tensor(s_info, name))
                 if g.shape != s.shape:  # vocabulary rows: the shared ones
                     rows = min(g.shape[0], s.shape[0])
                     g, s = g[:rows], s[:rows]
@@ -148,8 +148,7 @@ def extract(
             "storage": storage,
             "max_shard_size": max_shard_size,
             "sparsify": None if sparsify is None else vars(sparsify),
-            "architecture": {k: config.get(k) for k in ("architectures", "model_type", "hidden_size", "num_hidden_layers",
-                                                        "num_attention_heads", "num_key_value_heads", "intermediate_size")},
+            "architecture": {k: config.get(k) for k in ("architectures", *STRUCTURE_KEYS)},
             "total_norm": math.sqrt(total),
             "relative_error": math.sqrt(total_error / total_full) if total_full else 0.0,
             "tensors": tensors,
@@ -216,15 +215,10 @@ def _in_manifest_order(pairs, manifest):
     return [(name, tensors[name]) for name in manifest["tensors"]]
 
 
-def _head_source(name: str, info) -> str:
-    return info.head_source() if name == HEAD else name
-
-
 def _source(ref) -> Dict:
-    from mergekit_reasoning.inputs import loader
+    from mergekit_reasoning.inputs import local_folder
 
-    folder = Path(loader(ref).index.base_path)
-    revision = ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
+    _, revision = local_folder(ref)
     return {"model": str(ref), "revision": revision}
 
 
