@@ -107,9 +107,13 @@ def read_manifest(folder: Path) -> Dict:
 
 
 def output_problems(folder: Path, manifest: Dict) -> List[str]:
-    """Every shard that is missing, extra, or differs from its recorded hash."""
+    """Every shard of a merge that is missing, extra, or differs from its recorded hash."""
+    return shard_problems(folder, manifest["outputs"])
+
+
+def shard_problems(folder: Path, recorded: Dict[str, str]) -> List[str]:
+    """Every shard that is missing, extra, or differs from `recorded` (name -> SHA-256)."""
     folder = Path(folder)
-    recorded: Dict[str, str] = manifest["outputs"]
     present = {p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")}
     problems = [f"shard {name}: missing" for name in sorted(set(recorded) - present)]
     problems += [f"shard {name}: not in the manifest" for name in sorted(present - set(recorded))]

@@ -28,16 +28,10 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
 
 def _vector_problems(folder: Path, manifest) -> List[str]:
     from mergekit_reasoning.compat import read_model_info
-    from mergekit_reasoning.hashing import sha256_file
+    from mergekit_reasoning.manifest import shard_problems
     from mergekit_reasoning.vectors import check_against_shards
 
-    recorded = manifest["shards"]
-    present = {p.name for p in folder.glob("*.safetensors")}
-    problems = [f"shard {n}: missing" for n in sorted(set(recorded) - present)]
-    problems += [f"shard {n}: not in the manifest" for n in sorted(present - set(recorded))]
-    for name in sorted(set(recorded) & present):
-        if sha256_file(folder / name) != recorded[name]:
-            problems.append(f"shard {name}: content differs from the manifest (edited or corrupted)")
+    problems = shard_problems(folder, manifest["shards"])
     if not problems:
         try:
             from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
