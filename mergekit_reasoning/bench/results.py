@@ -31,12 +31,17 @@ def load_unit(cache_dir: Path, key: str) -> Optional[dict]:
         return None
 
 
-def save_unit(cache_dir: Path, key: str, unit: dict) -> None:
-    """Write atomically, so an interruption never leaves a half unit that looks finished."""
+def save_unit(cache_dir: Path, key: str, unit: dict) -> dict:
+    """Write atomically, so an interruption never leaves a half unit that looks finished.
+
+    Returns the unit as stored (plain JSON types), which is what a later run loads.
+    """
+    plain = jsonable(unit)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(jsonable(unit)))
+    tmp.write_text(json.dumps(plain))
     os.replace(tmp, cache_dir / f"{key}.json")
+    return plain
 
 
 def jsonable(value: Any) -> Any:

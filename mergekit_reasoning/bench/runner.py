@@ -190,8 +190,7 @@ def _score(models, todo, done, key_of, cache_dir, settings, progress) -> None:
                 result = {"records": records_for(res, name)}
                 if settings["log_samples"]:
                     result["samples"] = samples_for(res, name)
-                save_unit(cache_dir, key_of(*unit), result)
-                done[unit] = json.loads(json.dumps(jsonable(result)))
+                done[unit] = save_unit(cache_dir, key_of(*unit), result)
                 bar.update(1)
         del lm
     bar.close()
