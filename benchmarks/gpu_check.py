@@ -13,7 +13,6 @@ if any output differs.
 """
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -27,7 +26,9 @@ from _launch import MERGEKIT_REASONING, MERGEKIT_YAML, command
 
 
 def shard_hashes(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.safetensors"))}
+    from mergekit_reasoning.hashing import hash_files
+
+    return hash_files(folder, [p.name for p in folder.glob("*.safetensors")], cached=False)
 
 
 def timed(command) -> float:

@@ -67,6 +67,8 @@ def measure(command):
 
 
 def recipe(models, method, path):
+    from mergekit_reasoning.bench.sweep import merge_config
+
     if method == "task_arithmetic":
         data = {
             "merge_method": "task_arithmetic",
@@ -76,18 +78,11 @@ def recipe(models, method, path):
                 {"model": str(models["sft"]), "parameters": {"weight": -1.0}},
             ],
             "parameters": {"normalize": False},
+            "dtype": "bfloat16",
+            "out_dtype": "bfloat16",
         }
     else:
-        data = {
-            "merge_method": "reasoning_vector",
-            "base_model": str(models["target"]),
-            "models": [
-                {"model": str(models["grpo"]), "parameters": {"role": "grpo"}},
-                {"model": str(models["sft"]), "parameters": {"role": "sft"}},
-            ],
-            "parameters": {"lambda": 1.0},
-        }
-    data.update(dtype="bfloat16", out_dtype="bfloat16")
+        data = merge_config(models["target"], models["sft"], models["grpo"], 1.0)
     path.write_text(yaml.safe_dump(data))
     return path
 

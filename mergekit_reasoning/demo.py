@@ -67,19 +67,13 @@ def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Calla
 
 def check_against_reference(out: Path, models: dict, lam: float) -> dict:
     """Compare each merged tensor with target + λ·(grpo − sft) computed in float64."""
-    from safetensors import safe_open
-
     from mergekit_reasoning.errors import RecipeError
     from mergekit_reasoning.reference import exact_merge, ulp_error
+    from mergekit_reasoning.vectors import dense_tensors
 
-    def tensors(folder: Path) -> dict:
-        result = {}
-        for file in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as handle:
-                result.update({name: handle.get_tensor(name) for name in handle.keys()})
-        return result
-
-    merged, target, grpo, sft = (tensors(p) for p in (out, models["target"], models["grpo"], models["sft"]))
+    merged, target, grpo, sft = (
+        dict(dense_tensors(Path(p), {})) for p in (out, models["target"], models["grpo"], models["sft"])
+    )
     if set(merged) != set(target):
         raise RecipeError(f"merged tensors differ from the target's: {sorted(set(merged) ^ set(target))[:3]}")
     worst, exact, total, dtype = 0.0, 0, 0, None
