@@ -174,8 +174,10 @@ def demo(workdir, shape):
 
 def _add_bench():
     from mergekit_reasoning.bench.cli import bench
+    from mergekit_reasoning.bench.reproduce import reproduce_command
 
     main.add_command(bench)
+    main.add_command(reproduce_command)
 
 
 _add_bench()

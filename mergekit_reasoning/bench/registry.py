@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 from .errors import BenchError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+BBH_PREFIX = "mkr_bbh_cot_fewshot"
 
 BBH_SUBTASKS = tuple(
-    sorted(p.stem.removeprefix("mkr_bbh_cot_fewshot_") for p in TASKS_DIR.glob("mkr_bbh_cot_fewshot_*.yaml"))
+    sorted(p.stem.removeprefix(f"{BBH_PREFIX}_") for p in TASKS_DIR.glob(f"{BBH_PREFIX}_*.yaml"))
 )
 
 # name -> (lm-eval task or group, dataset, adversarial variant or None)
@@ -19,9 +21,31 @@ TASKS: Dict[str, Tuple[str, str, str | None]] = {
     "gsm8k_5shot": ("mkr_gsm8k", "gsm8k", "mkr_gsm8k_adv"),
     "humaneval": ("mkr_humaneval", "humaneval", None),
     "sciq": ("mkr_sciq", "sciq", None),
-    "bbh": ("mkr_bbh_cot_fewshot", "bbh", None),
+    "bbh": (BBH_PREFIX, "bbh", None),
+    # One BBH subtask alone, e.g. bbh_navigate: the same config the group runs.
+    **{f"bbh_{sub}": (f"{BBH_PREFIX}_{sub}", "bbh", None) for sub in BBH_SUBTASKS},
 }
 ALIASES = {"gsm8k": ("gsm8k_cot", "gsm8k_5shot")}
+
+# How datasets are named in tables.
+DATASET_NAMES = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "sciq": "SciQ", "bbh": "BBH"}
+_SPLITS = ("train", "validation", "test")
+
+
+def bbh_subtask(task: str) -> str | None:
+    """`navigate` for `bbh_navigate`; None for the group and for other tasks."""
+    return task.removeprefix("bbh_") if task.startswith("bbh_") and task in TASKS else None
+
+
+def _unknown(raw: str) -> BenchError:
+    """One line: the closest valid names first, then every valid name."""
+    valid = [n for n in sorted([*TASKS, *ALIASES]) if not n.startswith("bbh_")]
+    close = difflib.get_close_matches(raw.strip().lower(), [*TASKS, *ALIASES], n=3, cutoff=0.75)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return BenchError(
+        f"unknown task {raw!r}; {hint}known tasks: {', '.join(valid)}, "
+        f"or one BBH subtask as bbh_<name>: {', '.join('bbh_' + s for s in BBH_SUBTASKS)}"
+    )
 
 
 def expand(names) -> List[str]:
@@ -34,13 +58,15 @@ def expand(names) -> List[str]:
         if not name:
             continue
         if name not in TASKS and name not in ALIASES:
-            known = ", ".join(sorted([*TASKS, *ALIASES]))
-            raise BenchError(f"unknown task {raw!r}; known tasks: {known}")
+            raise _unknown(raw)
         for n in ALIASES.get(name, (name,)):
             if n not in out:
                 out.append(n)
     if not out:
         raise BenchError("no tasks given")
+    inside = [n for n in out if bbh_subtask(n)]
+    if "bbh" in out and inside:  # lm-eval refuses a task twice in one run
+        raise BenchError(f"{inside[0]} is part of bbh, which scores it too (see the per-subtask table); give one or the other")
     return out
 
 
@@ -58,20 +84,49 @@ def variants(task: str, adversarial: bool) -> List[str]:
     return ["plain", "adversarial"] if adversarial and TASKS[task][2] else ["plain"]
 
 
+def dataset(task: str) -> str:
+    return TASKS[task][1]
+
+
+def _subsets(task: str) -> tuple:
+    if task == "bbh":
+        return BBH_SUBTASKS
+    return (bbh_subtask(task),)
+
+
 def check_data(task: str, data_dir) -> None:
     """Raise BenchError naming the first local file a task needs but cannot find."""
     from . import data
 
-    dataset = TASKS[task][1]
-    subsets = BBH_SUBTASKS if dataset == "bbh" else (None,)
-    for subset in subsets:
-        data.local_files(dataset, Path(data_dir), subset)
+    for subset in _subsets(task):
+        data.local_files(dataset(task), Path(data_dir), subset)
+
+
+def _scored_split(files: dict) -> str:
+    """The split lm-eval scores (the YAMLs' `test_split`), named after the file that fills it.
+
+    A local file named like a split (sciq/validation.jsonl) is that split; other
+    files (bbh/<task>.json, HumanEval.jsonl.gz) hold their dataset's only split, test.
+    """
+    stem = Path(files["test"]).name.split(".")[0]
+    return stem if stem in _SPLITS else "test"
 
 
 def data_source(task: str, data_dir) -> dict:
+    """Where a task's data is read from and which split is scored, for results.json and table.md.
+
+    Local: {split: file, ..., "origin": "local", "split": scored split}; hub:
+    {"hub": id, "config": ..., "origin": "hub", "split": "test"}; the BBH group maps
+    each subtask to such a record.
+    """
     from . import data
 
-    dataset = TASKS[task][1]
-    if dataset == "bbh":
-        return {s: data.source("bbh", data_dir, s) for s in BBH_SUBTASKS}
-    return data.source(dataset, data_dir)
+    def one(subset):
+        src = data.source(dataset(task), data_dir, subset)
+        if data_dir:
+            return {**src, "origin": "local", "split": _scored_split(src)}
+        return {**src, "origin": "hub", "split": "test"}
+
+    if task == "bbh":
+        return {s: one(s) for s in BBH_SUBTASKS}
+    return one(bbh_subtask(task))

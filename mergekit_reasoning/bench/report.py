@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+from . import registry
+
 # The metric each task is summarised by in plots and sweeps.
 PRIMARY = {
     "gsm8k_cot": ("exact_match", "strict-match"),
@@ -11,6 +13,7 @@ PRIMARY = {
     "humaneval": ("pass_at_1", "create_test"),
     "sciq": ("acc_norm", "none"),
     "bbh": ("exact_match", "get-answer"),
+    **{f"bbh_{sub}": ("exact_match", "get-answer") for sub in registry.BBH_SUBTASKS},
 }
 
 
@@ -58,6 +61,31 @@ def _table(rows, labels: List[str], baseline: str, first_col: str) -> List[str]:
     return lines
 
 
+def _sources(source: dict) -> List[dict]:
+    """The per-file records of one task's data entry (the BBH group holds one per subtask)."""
+    if "origin" in source or "error" in source:
+        return [source]
+    return [v for v in source.values() if isinstance(v, dict)]
+
+
+def data_line(document: dict) -> str:
+    """Which split of which source each dataset was scored on, e.g. `SciQ: validation (local)`."""
+    s = document["settings"]
+    found: Dict[str, List[str]] = {}
+    for task, source in (document.get("data") or {}).items():
+        if task not in registry.TASKS:
+            continue
+        name = registry.DATASET_NAMES[registry.dataset(task)]
+        for rec in _sources(source):
+            if "split" not in rec:  # an older results file, or a source that could not be read
+                return s["data_source"]
+            where = "local" if rec["origin"] == "local" else f"hub {rec['hub']}"
+            text = f"{rec['split']} ({where})"
+            if text not in found.setdefault(name, []):
+                found[name].append(text)
+    return "; ".join(f"{name}: {', '.join(texts)}" for name, texts in found.items()) or s["data_source"]
+
+
 def markdown_table(document: dict) -> str:
     """Scores in percent (± standard error) per task, metric and condition; Δ in points vs the baseline."""
     labels = list(document["models"])
@@ -67,7 +95,7 @@ def markdown_table(document: dict) -> str:
         "# Benchmark results",
         "",
         f"Scores in percent ± standard error; Δ in points against `{baseline}`. "
-        f"Data: {s['data_source']}; limit: {s['limit'] or 'none'}.",
+        f"Data: {data_line(document)}; limit: {s['limit'] or 'none'}.",
         "",
     ]
     lines += _table(_rows(document["scores"], False), labels, baseline, "task")

@@ -95,3 +95,81 @@ def test_humaneval_program_is_prompt_plus_completion():
 
     out = extract("humaneval", "    return a + b", {"prompt": "def add(a, b):\n"})
     assert out == {"create_test": ["def add(a, b):\n    return a + b"]}
+
+
+def test_single_bbh_subtasks_are_tasks_of_their_own():
+    from mergekit_reasoning.bench.registry import lm_eval_name, variants
+
+    assert expand("bbh_navigate,sciq,BBH_web_of_lies") == ["bbh_navigate", "sciq", "bbh_web_of_lies"]
+    assert lm_eval_name("bbh_navigate") == "mkr_bbh_cot_fewshot_navigate"
+    assert variants("bbh_navigate", adversarial=True) == ["plain"]
+    assert all(expand(f"bbh_{name}") == [f"bbh_{name}"] for name in BBH_SUBTASKS)
+    # The group scores every subtask already, and lm-eval refuses a task twice in one run.
+    with pytest.raises(BenchError, match="bbh_navigate is part of bbh"):
+        expand("bbh,bbh_navigate")
+
+
+@pytest.mark.parametrize("name, hint", [("bbh_navigat", "did you mean bbh_navigate?"), ("bbh_", ""), ("sciqq", "did you mean sciq?")])
+def test_unknown_task_is_one_line_listing_the_valid_names(name, hint):
+    with pytest.raises(BenchError) as info:
+        expand(f"sciq,{name}")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"unknown task {name!r}; {hint}")
+    assert "known tasks: bbh, gsm8k, gsm8k_5shot, gsm8k_cot, humaneval, sciq" in message
+    assert all(f"bbh_{s}" in message for s in BBH_SUBTASKS)
+
+
+def test_a_subtask_needs_only_its_own_data_file(fixture_data, tmp_path):
+    import shutil
+
+    from mergekit_reasoning.bench.registry import check_data
+
+    (tmp_path / "bbh").mkdir()
+    shutil.copy(fixture_data / "bbh" / "navigate.json", tmp_path / "bbh")
+    check_data("bbh_navigate", tmp_path)
+    with pytest.raises(BenchError, match="missing data file: .*bbh/boolean_expressions.json"):
+        check_data("bbh", tmp_path)
+
+
+def test_data_source_names_the_split_scored(fixture_data, tmp_path):
+    import shutil
+
+    from mergekit_reasoning.bench.registry import data_source
+    from mergekit_reasoning.bench.report import data_line
+
+    # The fixture copy of SciQ has only validation: that is what lm-eval's test split is filled from.
+    assert data_source("sciq", fixture_data)["split"] == "validation"
+    assert data_source("gsm8k_cot", fixture_data)["split"] == "test"
+    assert data_source("bbh_navigate", fixture_data)["test"].endswith("bbh/navigate.json")
+    hub = data_source("sciq", None)
+    assert (hub["origin"], hub["split"], hub["hub"]) == ("hub", "test", "allenai/sciq")
+    # A local test file wins over validation.
+    (tmp_path / "sciq").mkdir()
+    shutil.copy(fixture_data / "sciq" / "validation.jsonl", tmp_path / "sciq" / "test.jsonl")
+    assert data_source("sciq", tmp_path)["split"] == "test"
+
+    def line(data_dir, tasks):
+        settings = {"data_source": "local" if data_dir else "hub"}
+        return data_line({"settings": settings, "data": {t: data_source(t, data_dir) for t in tasks}})
+
+    assert line(fixture_data, ["gsm8k_cot", "gsm8k_5shot", "sciq", "bbh", "humaneval"]) == (
+        "GSM8K: test (local); SciQ: validation (local); BBH: test (local); HumanEval: test (local)")
+    assert line(None, ["sciq", "bbh_navigate"]) == "SciQ: test (hub allenai/sciq); BBH: test (hub SaylorTwift/bbh)"
+    # A results file from before splits were recorded still renders.
+    assert data_line({"settings": {"data_source": "local"}, "data": {"sciq": {"test": "x/sciq/validation.jsonl"}}}) == "local"
+
+
+def test_bench_cli_scores_single_bbh_subtasks(trio, fixture_data, tmp_path):
+    from click.testing import CliRunner
+
+    from mergekit_reasoning.bench.cli import bench
+
+    result = CliRunner().invoke(bench, [
+        "--model", f"a={trio['target']}", "--tasks", "bbh_navigate,bbh_web_of_lies", "--data-dir", str(fixture_data),
+        "--out", str(tmp_path), "--limit", "1", "--max-gen-toks", "4", "--batch-size", "4", "--no-plots",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "| bbh_navigate | plain | exact_match (get-answer) | plain | 1 |" in result.output
+    assert "| bbh_web_of_lies | plain | exact_match (get-answer) | plain | 1 |" in result.output
+    assert "Data: BBH: test (local); limit: 1." in result.output
+    assert "## Per subtask" not in result.output

@@ -1,0 +1,187 @@
+"""`mergekit-reasoning reproduce RECIPE`: the paper's table in one command.
+
+From one reasoning_vector recipe (a GRPO/SFT pair, a target and λ) it merges
+target + |λ|·v and target − |λ|·v in one streaming pass, scores the target and both
+merges under the paper's conditions (plain and "think step by step" prompts, GSM8K
+also with distractors) and writes the table with the paper's reported deltas
+beside the measured ones. Merges and scores are reused like `bench`'s, so a rerun
+resumes. Cheap to import: mergekit and lm_eval load when it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import click
+
+from . import paper, registry
+from .errors import BenchError
+
+DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
+CONDITIONS = "plain,think"
+BASE, PLUS, MINUS = "base", "+v", "-v"
+
+_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype"}
+_ONLY = "reproduce merges one GRPO/SFT pair with one global λ"
+
+
+@dataclass(frozen=True)
+class PairRecipe:
+    """What a plain pair recipe says: target + lam·(grpo − sft), merged in `dtype`."""
+
+    target: str
+    grpo: str
+    sft: str
+    lam: float
+    dtype: str
+
+
+def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
+    """Read RECIPE and refuse, in one line, anything `merge_lambdas` would not merge exactly as written."""
+    import yaml
+
+    from mergekit_reasoning.errors import RecipeError
+    from mergekit_reasoning.recipe import load_recipe
+
+    try:
+        text, _ = load_recipe(Path(path))  # mergekit's schema, merge_method and base_model
+    except RecipeError as exc:
+        raise BenchError(exc.message) from None
+    except UnicodeDecodeError:
+        raise BenchError(f"recipe {path}: not a UTF-8 text file") from None
+    data = yaml.safe_load(text)
+    where = f"recipe {path}"
+    unsupported = sorted(set(data) - _TOP_KEYS)
+    if unsupported:
+        raise BenchError(f"{where}: {_ONLY}; `{unsupported[0]}` is not supported here (merge with "
+                         "`mergekit-reasoning merge`, then score with `bench`)")
+    target = data["base_model"]
+    if not isinstance(target, str):
+        raise BenchError(f"{where}: base_model must be a model name or folder")
+    roles = {}
+    for entry in data.get("models") or []:
+        model = entry.get("model") if isinstance(entry, dict) else None
+        if model == target:
+            continue
+        params = entry.get("parameters") or {}
+        extra = sorted((set(entry) - {"model", "parameters"}) | (set(params) - {"role"}))
+        if not isinstance(model, str) or extra:
+            raise BenchError(f"{where}: model {model}: {_ONLY}; `{extra[0] if extra else 'model'}` is not supported here")
+        role = params.get("role")
+        if role not in ("grpo", "sft"):
+            raise BenchError(f"{where}: model {model} has role {role!r}; {_ONLY}: one `role: grpo` and one `role: sft`")
+        if role in roles:
+            raise BenchError(f"{where}: two models have role {role} ({roles[role]}, {model}); {_ONLY}")
+        roles[role] = model
+    if set(roles) != {"grpo", "sft"}:
+        missing = sorted({"grpo", "sft"} - set(roles))[0]
+        raise BenchError(f"{where}: no model has role {missing}; {_ONLY}")
+    params = data.get("parameters") or {}
+    if set(params) - {"lambda"}:
+        raise BenchError(f"{where}: parameter `{sorted(set(params) - {'lambda'})[0]}` is not supported here; {_ONLY}")
+    lam = params.get("lambda", 1.0)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam == 0:
+        raise BenchError(f"{where}: lambda must be a nonzero number (its sign is ignored: +|λ| and −|λ| are both merged), got {lam!r}")
+    dtype = data.get("dtype")
+    if dtype is None or data.get("out_dtype", dtype) != dtype:
+        raise BenchError(f"{where}: set dtype, and out_dtype equal to it (got {dtype!r} and {data.get('out_dtype')!r})")
+    return PairRecipe(target=target, grpo=roles["grpo"], sft=roles["sft"], lam=abs(float(lam)), dtype=str(dtype))
+
+
+def _size(paper_size: Optional[str], target: str) -> Optional[str]:
+    if paper_size in (None, "auto"):
+        return paper.size_of(target)
+    paper.check_size(paper_size)
+    return None if paper_size == "none" else paper_size
+
+
+def reproduce(
+    recipe: Union[str, Path],
+    out_dir: Union[str, Path] = "reproduce-out",
+    *,
+    tasks: str = DEFAULT_TASKS,
+    conditions: str = CONDITIONS,
+    paper_size: Optional[str] = "auto",
+    plots: bool = True,
+    **options,
+) -> dict:
+    """Merge ±|λ|·v from RECIPE, score base, +v and −v, write table.md with the paper's deltas.
+
+    `paper_size` picks the paper's figures: "auto" reads the size from the target's
+    name (e.g. 1.5B), "none" shows none. Every other keyword (data_dir, limit,
+    batch_size, device, engine options ...) goes to `run_bench` unchanged.
+    """
+    from .runner import run_bench
+    from .sweep import merge_lambdas
+
+    pair = read_pair_recipe(recipe)
+    size = _size(paper_size, pair.target)
+    task_list = registry.expand(tasks)
+    if options.get("data_dir"):  # before minutes of merging, not after
+        for task in task_list:
+            registry.check_data(task, Path(options["data_dir"]).expanduser())
+    out = Path(out_dir)
+    merged = merge_lambdas(pair.target, pair.sft, pair.grpo, [pair.lam, -pair.lam], out / "merges", pair.dtype)
+    models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
+    extra = {**options.pop("extra", {}), "reproduce": {
+        "recipe": str(Path(recipe).resolve()), "lambda": pair.lam, "merge_dtype": pair.dtype,
+        "target": pair.target, "grpo": pair.grpo, "sft": pair.sft,
+        "paper": {"source": paper.SOURCE, "size": size, "reported": paper.reported(size)},
+    }}
+    document = run_bench(
+        models, task_list, conditions=conditions, out_dir=out, baseline=BASE, adversarial=True,
+        plots=plots, extra=extra, **options,
+    )
+    every_score = (out / "table.md").read_text().replace("# Benchmark results", "## Every score", 1)
+    head = (f"# Reproduction of {paper.SOURCE}\n\n"
+            f"`{recipe}`: {BASE} = {pair.target}; {PLUS} / {MINUS} = {BASE} ± {pair.lam:g}·({pair.grpo} − {pair.sft}).\n\n")
+    (out / "table.md").write_text(head + paper.comparison_markdown(document, size, {PLUS: PLUS, MINUS: MINUS})
+                                  + "\n" + every_score)
+    return document
+
+
+@click.command("reproduce")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default="reproduce-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="As for bench, e.g. gsm8k_cot,sciq,bbh_navigate.")
+@click.option("--conditions", default=CONDITIONS, show_default=True, help="As for bench; the paper's are plain and think.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies laid out like shared/data (default: the hub).")
+@click.option("--limit", type=int, help="Score only the first N examples of each task.")
+@click.option("--paper-size", default="auto", show_default=True,
+              help="Which of the paper's figures to show: auto (from the target's name), 1.5B, or none.")
+@click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
+@click.option("--device", help="cuda, cuda:1, cpu ... (default: cuda if available).")
+@click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
+@click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
+@click.option("--no-plots", is_flag=True)
+def reproduce_command(recipe, out_dir, tasks, conditions, data_dir, limit, paper_size, batch_size, device,
+                      max_gen_toks, log_samples, no_plots):
+    """The paper's table: merge +v and −v from RECIPE, score them and the target, compare with the paper.
+
+    Scores the recipe's target (base), target + |λ|·v and target − |λ|·v on GSM8K
+    (plain and with distractors), HumanEval, SciQ and BBH, each with the plain and
+    the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
+    OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
+    """
+    from .cli import _batch
+
+    try:
+        try:
+            batch_size = _batch(batch_size)
+        except ValueError:
+            raise BenchError(f"--batch-size expects a number or 'auto', got {batch_size!r}") from None
+        reproduce(
+            recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size, plots=not no_plots,
+            data_dir=data_dir, limit=limit, batch_size=batch_size, device=device,
+            max_gen_toks=max_gen_toks, log_samples=log_samples,
+        )
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name or exc} is missing: install the benchmark extra, pip install 'mergekit-reasoning[bench]'"
+        ) from None
+    click.echo(open(f"{out_dir}/table.md").read())
+    click.echo(f"results: {out_dir}/results.json")

@@ -1,0 +1,307 @@
+"""`reproduce RECIPE`: +v and −v merged from a recipe, base, +v and −v scored under the paper's
+conditions, and the paper's reported deltas set beside the measured ones.
+
+Runs on the tiny random stand-ins and the fixture data: scores are junk, the plumbing is not.
+"""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mergekit_reasoning.bench import BenchError
+from mergekit_reasoning.bench.paper import comparison_markdown, size_of
+from mergekit_reasoning.cli import main
+from mergekit_reasoning.recipe import retarget
+from mergekit_reasoning.shipped import recipes_dir
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("matplotlib")
+
+# gsm8k_cot (with its adversarial variant), a log-likelihood task and one BBH subtask
+# cover every kind of unit in seconds; the table layout of the full set is tested below.
+TASKS = "gsm8k_cot,sciq,bbh_navigate"
+FAST = dict(limit=1, max_gen_toks=4, batch_size=4, progress=False)
+
+
+def _recipe(folder, trio, shipped="qwen1.5b_add.yml", **changes):
+    """A shipped recipe pointed at the stand-ins, with top-level keys changed (None drops one)."""
+    data = retarget(yaml.safe_load((recipes_dir() / shipped).read_text()), str(trio["target"]),
+                    {"grpo": str(trio["grpo"]), "sft": str(trio["sft"])})
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{len(list(folder.iterdir()))}-{shipped}"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class _Calls:
+    """Counts the merges (λ values per pass) and the lm-eval runs that really happen."""
+
+    def __init__(self, monkeypatch):
+        import lm_eval
+
+        from mergekit_reasoning import stream
+
+        self.merges, self.scores = [], []
+        real_merge, real_eval = stream.merge, lm_eval.simple_evaluate
+
+        def merge(checked, outs, options, *, lambdas=None, **k):
+            self.merges.append(list(lambdas))
+            return real_merge(checked, outs, options, lambdas=lambdas, **k)
+
+        def score(*a, **k):
+            self.scores.append((k["model"].pretrained, k["system_instruction"], tuple(k["tasks"])))
+            return real_eval(*a, **k)
+
+        monkeypatch.setattr(stream, "merge", merge)
+        monkeypatch.setattr(lm_eval, "simple_evaluate", score)
+
+    def clear(self):
+        self.merges.clear(), self.scores.clear()
+
+
+@pytest.fixture(scope="module")
+def reproduced(trio, fixture_data, tmp_path_factory):
+    from mergekit_reasoning.bench.reproduce import reproduce
+
+    root = tmp_path_factory.mktemp("reproduce")
+    recipe = _recipe(root / "recipes", trio)
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        calls = _Calls(mp)
+        doc = reproduce(recipe, out, tasks=TASKS, data_dir=str(fixture_data), paper_size="1.5B", **FAST)
+        first = (list(calls.merges), list(calls.scores))
+        calls.clear()
+        # A rerun, and the subtracting recipe (λ = −1) on the same folder: ±1 are already merged and scored.
+        again = reproduce(recipe, out, tasks=TASKS, data_dir=str(fixture_data), paper_size="1.5B", **FAST)
+        sub = reproduce(_recipe(root / "recipes", trio, "qwen1.5b_sub.yml"), out, tasks=TASKS,
+                        data_dir=str(fixture_data), paper_size="1.5B", **FAST)
+        rerun = (list(calls.merges), list(calls.scores))
+    return dict(out=out, doc=doc, first=first, rerun=rerun, again=again, sub=sub, recipe=recipe)
+
+
+def test_merges_plus_and_minus_in_one_pass_and_scores_three_models_under_both_conditions(reproduced, trio):
+    (merges, scores), doc = reproduced["first"], reproduced["doc"]
+    assert merges == [[1.0, -1.0]]
+    assert {label: m["ref"] for label, m in doc["models"].items()} == {
+        "base": str(trio["target"]),
+        "+v": str(reproduced["out"] / "merges" / "lambda=1"),
+        "-v": str(reproduced["out"] / "merges" / "lambda=-1"),
+    }
+    assert len({m["sha256"] for m in doc["models"].values()}) == 3
+    # One lm-eval run per model and condition; the think runs carry the instruction.
+    assert len(scores) == 6 and sum(1 for s in scores if s[1]) == 3
+    assert all(set(s[2]) == {"mkr_gsm8k_cot", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_bbh_cot_fewshot_navigate"}
+               for s in scores)
+    units = {(s["label"], s["condition"], s["task"], s["variant"]) for s in doc["scores"]}
+    for label in ("base", "+v", "-v"):
+        for cond in ("plain", "think"):
+            for task, variant in (("gsm8k_cot", "plain"), ("gsm8k_cot", "adversarial"), ("sciq", "plain"),
+                                  ("bbh_navigate", "plain")):
+                assert (label, cond, task, variant) in units
+    settings = doc["settings"]
+    assert settings["baseline"] == "base" and settings["adversarial"] is True
+    assert settings["reproduce"]["lambda"] == 1.0 and settings["reproduce"]["merge_dtype"] == "bfloat16"
+    assert settings["reproduce"]["paper"] == {
+        "source": "arXiv:2509.01363", "size": "1.5B",
+        "reported": {"+v": {"gsm8k": 4.9, "humaneval": 4.3, "sciq": 1.7, "bbh": 12.3}, "-v": {"gsm8k": -11.8}},
+    }
+
+
+def test_plus_and_minus_are_the_target_plus_and_minus_the_vector(reproduced, trio):
+    """Against an independent float64 reference, rounded once to bf16 (within one bf16 step)."""
+    import torch
+    from safetensors.torch import load_file
+
+    target, grpo, sft = (load_file(trio[r] / "model.safetensors") for r in ("target", "grpo", "sft"))
+    merges = reproduced["out"] / "merges"
+    for lam, folder in ((1.0, "lambda=1"), (-1.0, "lambda=-1")):
+        merged = load_file(merges / folder / "model.safetensors")
+        assert set(merged) == set(target)
+        for name, tensor in merged.items():
+            ref = (target[name].double() + lam * (grpo[name].double() - sft[name].double())).to(torch.bfloat16)
+            torch.testing.assert_close(tensor, ref, rtol=2**-7, atol=0)
+        assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], target["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_table_sets_the_paper_beside_the_measured_deltas(reproduced):
+    table = (reproduced["out"] / "table.md").read_text()
+    lines = table.splitlines()
+    assert lines[0] == "# Reproduction of arXiv:2509.01363"
+    assert "## Against the paper (arXiv:2509.01363, Qwen2.5-1.5B)" in lines
+    assert "| task | variant | condition | n | base | +v | Δ +v | paper Δ +v | -v | Δ -v | paper Δ -v |" in lines
+    row = next(l for l in lines if l.startswith("| gsm8k_cot | plain | plain |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[7] == "+4.9" and cells[10] == "-11.8"
+    assert cells[6].startswith(("+", "-")) and cells[9].startswith(("+", "-"))  # our Δ, in points
+    sciq = next(l for l in lines if l.startswith("| sciq | plain | plain |"))
+    cells = [c.strip() for c in sciq.strip("|").split("|")]
+    assert cells[7] == "+1.7" and cells[10] == "—"
+    # The paper gives no figure for the think prompt, for distractors, or for one BBH subtask alone.
+    for prefix in ("| gsm8k_cot | plain | think |", "| gsm8k_cot | adversarial | plain |", "| bbh_navigate | plain | plain |"):
+        cells = [c.strip() for c in next(l for l in lines if l.startswith(prefix)).strip("|").split("|")]
+        assert cells[7] == cells[10] == "—" and cells[6] != "—", cells
+    # Then every score, as bench writes it, with the split each came from.
+    assert "## Every score" in lines
+    assert "Data: GSM8K: test (local); SciQ: validation (local); BBH: test (local); limit: 1." in table
+    assert "| bbh_navigate | plain | exact_match (get-answer) | think |" in table
+
+
+def test_a_rerun_and_the_subtracting_recipe_reuse_every_merge_and_score(reproduced):
+    assert reproduced["rerun"] == ([], [])
+    assert reproduced["again"]["scores"] == reproduced["doc"]["scores"]
+    assert reproduced["sub"]["scores"] == reproduced["doc"]["scores"]
+
+
+def _document(values, size_tasks=("gsm8k_cot", "humaneval", "sciq", "bbh")):
+    """A results document with one headline score per (label, task, condition) from `values`."""
+    from mergekit_reasoning.bench.report import PRIMARY
+
+    scores = []
+    for (label, task, cond, variant), value in values.items():
+        metric, filt = PRIMARY[task]
+        scores.append({"label": label, "condition": cond, "task": task, "variant": variant, "subtask": None,
+                       "n": 10, "metric": metric, "filter": filt, "value": value, "stderr": 0.01})
+    return {"settings": {"baseline": "base"}, "models": {"base": {}, "+v": {}, "-v": {}}, "scores": scores}
+
+
+def _rows(markdown):
+    return {tuple(c.strip() for c in l.strip("|").split("|"))[:3]: [c.strip() for c in l.strip("|").split("|")]
+            for l in markdown.splitlines() if l.startswith("| ") and not l.startswith("| task")}
+
+
+def test_comparison_layout_with_known_values():
+    values = {}
+    for task, base, plus, minus in (("gsm8k_cot", 0.50, 0.55, 0.40), ("humaneval", 0.30, 0.32, 0.30),
+                                    ("sciq", 0.90, 0.905, 0.88), ("bbh", 0.20, 0.35, 0.10)):
+        for cond in ("plain", "think"):
+            values.update({("base", task, cond, "plain"): base, ("+v", task, cond, "plain"): plus,
+                           ("-v", task, cond, "plain"): minus})
+    values.update({("base", "gsm8k_cot", "plain", "adversarial"): 0.4, ("+v", "gsm8k_cot", "plain", "adversarial"): 0.5,
+                   ("-v", "gsm8k_cot", "plain", "adversarial"): 0.1})
+    rows = _rows(comparison_markdown(_document(values), "1.5B", {"+v": "+v", "-v": "-v"}))
+    #                                            n     base           +v            Δ+v    paper   -v            Δ-v     paper
+    assert rows[("gsm8k_cot", "plain", "plain")] == ["gsm8k_cot", "plain", "plain", "10", "50.0 ± 1.0", "55.0 ± 1.0", "+5.0",
+                                                     "+4.9", "40.0 ± 1.0", "-10.0", "-11.8"]
+    assert rows[("humaneval", "plain", "plain")][6:] == ["+2.0", "+4.3", "30.0 ± 1.0", "+0.0", "—"]
+    assert rows[("sciq", "plain", "plain")][6:] == ["+0.5", "+1.7", "88.0 ± 1.0", "-2.0", "—"]
+    assert rows[("bbh", "plain", "plain")][6:] == ["+15.0", "+12.3", "10.0 ± 1.0", "-10.0", "—"]
+    assert rows[("gsm8k_cot", "adversarial", "plain")][6:] == ["+10.0", "—", "10.0 ± 1.0", "-30.0", "—"]
+    for task in ("gsm8k_cot", "humaneval", "sciq", "bbh"):
+        think = rows[(task, "plain", "think")]
+        assert think[7] == "—" and think[10] == "—"
+    # A size the paper gives no figures for: the measured columns stay, every paper cell is —.
+    for size in (None, "7B"):
+        text = comparison_markdown(_document(values), size, {"+v": "+v", "-v": "-v"})
+        assert "no figures for this model size" in text
+        assert all(r[7] == "—" and r[10] == "—" for r in _rows(text).values())
+
+
+def test_model_size_is_read_from_the_target_name():
+    assert size_of("Qwen/Qwen2.5-1.5B-Instruct") == "1.5B"
+    assert size_of("Qwen/Qwen2.5-7B-Instruct@0123abc") == "7B"
+    assert size_of("/models/qwen2.5-1.5b-instruct/") == "1.5B"
+    assert size_of("/tmp/pytest-1/trio0/target") is None
+
+
+def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
+    """Whatever run_bench accepts (engine, dtype, parallel sizes ...) reaches it unchanged;
+    the merge keeps the recipe's dtype."""
+    from mergekit_reasoning.bench import reproduce as module, runner, sweep
+
+    seen = {}
+
+    def merge_lambdas(target, sft, grpo, lams, out_root, dtype):
+        seen["merge"] = (lams, dtype)
+        return {lam: out_root / f"lambda={lam:g}" for lam in lams}
+
+    def run_bench(models, tasks, **kwargs):
+        seen["bench"] = kwargs
+        kwargs["out_dir"].mkdir(parents=True, exist_ok=True)
+        (kwargs["out_dir"] / "table.md").write_text("# Benchmark results\n")
+        return {"settings": {"baseline": "base"}, "models": models, "scores": []}
+
+    monkeypatch.setattr(sweep, "merge_lambdas", merge_lambdas)
+    monkeypatch.setattr(runner, "run_bench", run_bench)
+    recipe = _recipe(tmp_path / "r", trio, parameters={"lambda": -0.5})
+    module.reproduce(recipe, tmp_path / "o", tasks="sciq", engine="vllm", dtype="float16",
+                     tensor_parallel_size=2, limit=3, device="cuda:1")
+    assert seen["merge"] == ([0.5, -0.5], "bfloat16")
+    got = seen["bench"]
+    assert {k: got[k] for k in ("engine", "dtype", "tensor_parallel_size", "limit", "device")} == {
+        "engine": "vllm", "dtype": "float16", "tensor_parallel_size": 2, "limit": 3, "device": "cuda:1"}
+    assert got["conditions"] == "plain,think" and got["adversarial"] is True and got["baseline"] == "base"
+    assert (tmp_path / "o" / "table.md").read_text().startswith("# Reproduction of arXiv:2509.01363")
+
+
+@pytest.mark.parametrize(
+    "recipe_changes, args, message",
+    [
+        (None, [], "nope.yml: No such file or directory"),
+        ({"merge_method": "linear"}, [], "merge_method is 'linear', expected 'reasoning_vector'"),
+        ({"parameters": {"lambda": 0}}, [], "lambda must be a nonzero number"),
+        ({"parameters": {"lambda": [0.0, 1.0]}}, [], "lambda must be a nonzero number"),
+        ({"out_dtype": "float32"}, [], "set dtype, and out_dtype equal to it"),
+        ({"dtype": None}, [], "set dtype, and out_dtype equal to it"),
+        ({"tokenizer_source": "base"}, [], "`tokenizer_source` is not supported here"),
+        ({"models": "VECTOR"}, [], "has role 'vector'"),
+        ({"models": "TWO_GRPO"}, [], "two models have role grpo"),
+        ({"models": "DONOR_LAMBDA"}, [], "`lambda` is not supported here"),
+        ({}, ["--tasks", "sciq,mmlu"], "unknown task 'mmlu'"),
+        ({}, ["--tasks", "bbh,bbh_navigate"], "bbh_navigate is part of bbh"),
+        ({}, ["--paper-size", "13B"], "the paper reports no figures for model size '13B'"),
+        ({}, ["--batch-size", "big"], "--batch-size expects a number or 'auto'"),
+        ({}, ["--data-dir", "EMPTY"], "missing data file:"),
+    ],
+)
+def test_bad_input_is_one_clear_line_before_anything_is_merged(recipe_changes, args, message, trio, fixture_data, tmp_path):
+    if recipe_changes is None:
+        recipe = tmp_path / "nope.yml"
+    else:
+        models = recipe_changes.get("models")
+        if models == "VECTOR":
+            recipe_changes["models"] = [{"model": str(trio["grpo"]), "parameters": {"role": "vector"}}]
+        elif models == "TWO_GRPO":
+            recipe_changes["models"] = [{"model": str(trio[r]), "parameters": {"role": "grpo"}} for r in ("grpo", "sft")]
+        elif models == "DONOR_LAMBDA":
+            recipe_changes["models"] = [{"model": str(trio[r]), "parameters": {"role": r, "lambda": 1.0}} for r in ("grpo", "sft")]
+        recipe = _recipe(tmp_path / "recipes", trio, **recipe_changes)
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(fixture_data)]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["reproduce", str(recipe), "--out", str(out), "--limit", "1", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists()
+
+
+def test_reproduce_is_a_command_with_help():
+    result = CliRunner().invoke(main, ["reproduce", "--help"])
+    assert result.exit_code == 0 and "--paper-size" in result.output and "think" in result.output
+
+
+def test_python_callers_get_bench_error(tmp_path):
+    from mergekit_reasoning.bench.reproduce import reproduce
+
+    with pytest.raises(BenchError, match="No such file"):
+        reproduce(tmp_path / "missing.yml", tmp_path / "out")
+    with pytest.raises(BenchError, match="Is a directory"):
+        reproduce(tmp_path, tmp_path / "out")
+    binary = tmp_path / "binary.yml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(BenchError, match="not a UTF-8 text file"):
+        reproduce(binary, tmp_path / "out")
+    nested = tmp_path / "nested.yml"
+    nested.write_text("a: &a [*a]\n")  # a self-referencing YAML alias
+    with pytest.raises(BenchError, match="nested.yml"):
+        reproduce(nested, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
