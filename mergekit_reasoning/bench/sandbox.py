@@ -246,9 +246,11 @@ def isolation() -> Isolation:
 
 
 def _world_reachable(path: str) -> bool:
-    """Whether any uid can walk to `path` and run it (every parent searchable by others)."""
-    parts = Path(path).parents
-    return all(os.stat(p).st_mode & 0o001 for p in parts) and bool(os.stat(path).st_mode & 0o005)
+    """Whether any uid can walk to `path` and use it (it and every parent open to others)."""
+    try:
+        return all(os.stat(p).st_mode & 0o001 for p in (path, *Path(path).parents))
+    except OSError:
+        return False
 
 
 def _cgroup_kind() -> str:
@@ -324,127 +326,136 @@ def check_program(program: str, test: str, **limits) -> Outcome:
 
 def _execute(sources: List[str], iso: Isolation, *, timeout: float, memory_mb: int, max_procs: int,
              max_file_mb: int) -> Outcome:
+    """Run one program under `iso`; every failure of ours or its is a failed Outcome, never an exception."""
     token = secrets.token_hex(16).encode()
     start = time.monotonic()
+    uid = UID_BASE + secrets.randbelow(UID_COUNT) if iso.private_uid else None
     group: Optional[ProgramCgroup] = None
     workdir: Optional[str] = None
-    uid = UID_BASE + secrets.randbelow(UID_COUNT) if iso.private_uid else None
-    fds: List[int] = []
     proc: Optional[subprocess.Popen] = None
+    ours: List[int] = []  # fds the harness must close
     src = tempfile.TemporaryFile()
+    weak = "full" if iso.full else "weak"
     try:
         src.write(json.dumps(sources).encode("ascii"))  # ASCII escapes: lone surrogates cannot raise
         src.flush()
         src.seek(0)
         tok_r, tok_w = os.pipe()
-        fds += [tok_r, tok_w]
-        os.write(tok_w, token)
-        os.close(tok_w)
-        fds.remove(tok_w)
         ver_r, ver_w = os.pipe()
-        fds += [ver_r, ver_w]
-
+        ours += [tok_r, tok_w, ver_r, ver_w]
+        os.write(tok_w, token)  # 32 bytes: fits the pipe, never blocks
         if iso.cgroup:
             group = ProgramCgroup.create(memory_mb * 2**20, max_procs)
-        rlimits = {
-            "RLIMIT_AS": memory_mb * 2**20,
-            "RLIMIT_CPU": int(timeout) + 1,
-            "RLIMIT_FSIZE": max_file_mb * 2**20,
-            "RLIMIT_CORE": 0,
-            "RLIMIT_NOFILE": 256,
-        }
-        if uid is not None or (group is None and os.geteuid() != 0):
-            rlimits["RLIMIT_NPROC"] = max_procs  # per uid: only where the uid is the program's own
-        exe, _ = _python()
-        stage = {}
-        if iso.bwrap:
-            folders = _bind_folders()
-            if uid is not None:  # the program's uid may not walk to them (a Python under /root): stage them
-                stage = {f"{STAGE}/{i}": folder for i, folder in enumerate(folders)}
-                binds = {folder: staged for staged, folder in stage.items()}
-            else:
-                binds = {folder: folder for folder in folders}
-            inner = _bwrap_command(iso.bwrap, memory_mb * 2**20, binds)
-        else:
+        if not iso.bwrap:
             workdir = tempfile.mkdtemp(prefix="mkr-sandbox-")
             if uid is not None:
                 os.chown(workdir, uid, uid)
-            inner = [exe]
-        inner += ["-I", "-S", "-c", _PRELUDE, str(src.fileno()), str(tok_r), str(ver_w)]
-        cfg = {"cgroups": group.join_files if group else [], "rlimits": rlimits, "uid": uid, "workdir": workdir,
-               "stage": stage}
-        home = WORKDIR if iso.bwrap else workdir
-        env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if iso.bwrap else workdir,
-               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+        limits = _rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=uid is not None or (
+            group is None and os.geteuid() != 0))
+        argv, env = _command(iso, uid, group, workdir, limits, memory_mb, (src.fileno(), tok_r, ver_w))
         proc = subprocess.Popen(
-            [exe, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg), *inner],
-            env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(src.fileno(), tok_r, ver_w), start_new_session=True,
         )
-        for fd in (tok_r, ver_w):
-            os.close(fd)
-            fds.remove(fd)
         src.close()
-        streams, timed_out = _collect(proc, {"stdout": proc.stdout, "stderr": proc.stderr, "verdict": ver_r},
-                                      start + timeout)
+        streams, timed_out = _collect(
+            proc, {"stdout": proc.stdout.fileno(), "stderr": proc.stderr.fileno(), "verdict": ver_r}, start + timeout,
+            close_first=[tok_r, tok_w, ver_w], ours=ours,
+        )
         _kill(proc, group, uid)
-        returncode = None if timed_out else proc.returncode
         if timed_out:
-            status = "timeout"
-        elif returncode == 0 and streams["verdict"] == token:
-            status = "passed"
+            status, returncode = "timeout", None
         else:
-            status = "failed"
+            returncode = proc.returncode
+            status = "passed" if returncode == 0 and streams["verdict"] == token else "failed"
         peak = group.peak_memory() if group else None
         return Outcome(status == "passed", status, returncode, time.monotonic() - start,
-                       _text(streams["stderr"]), _text(streams["stdout"]), peak, "full" if iso.full else "weak")
+                       _text(streams["stderr"]), _text(streams["stdout"]), peak, weak)
     except Exception as exc:  # the harness's own resources (fds, cgroup): a failed run, not a crash
         if proc is not None:
             _kill(proc, group, uid)
-        return Outcome(False, "failed", None, time.monotonic() - start, f"sandbox error: {exc}", "", None,
-                       "full" if iso.full else "weak")
+        return Outcome(False, "failed", None, time.monotonic() - start, f"sandbox error: {exc}", "", None, weak)
     finally:
         src.close()
-        for fd in fds:
+        for fd in ours:
             try:
                 os.close(fd)
             except OSError:
                 pass
         if proc is not None:
-            for pipe in (proc.stdout, proc.stderr):
-                try:
-                    pipe.close()
-                except (OSError, AttributeError):
-                    pass
+            proc.stdout.close()
+            proc.stderr.close()
         if group is not None:
             group.remove()
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, per_uid: bool) -> dict:
+    limits = {
+        "RLIMIT_AS": memory_mb * 2**20,
+        "RLIMIT_CPU": int(timeout) + 1,
+        "RLIMIT_FSIZE": max_file_mb * 2**20,
+        "RLIMIT_CORE": 0,
+        "RLIMIT_NOFILE": 256,
+    }
+    if per_uid:
+        limits["RLIMIT_NPROC"] = max_procs  # counted per uid: only where the uid is the program's alone
+    return limits
+
+
+def _command(iso: Isolation, uid: Optional[int], group: Optional[ProgramCgroup], workdir: Optional[str],
+             limits: dict, memory_mb: int, fds: Tuple[int, int, int]) -> Tuple[List[str], dict]:
+    """The launcher's argv (launcher, then bwrap if any, then the prelude) and environment."""
+    exe, _ = _python()
+    stage: dict = {}
+    if iso.bwrap:
+        folders = _bind_folders()
+        if uid is not None and not all(map(_world_reachable, folders)):
+            # The program's uid cannot walk to them (a Python under /root): stage them.
+            stage = {f"{STAGE}/{i}": folder for i, folder in enumerate(folders)}
+        binds = {folder: staged for staged, folder in stage.items()} or {f: f for f in folders}
+        inner = _bwrap_command(iso.bwrap, memory_mb * 2**20, binds)
+        home, tmp = WORKDIR, "/tmp"
+    else:
+        inner = [exe]
+        home = tmp = workdir
+    inner += ["-I", "-S", "-c", _PRELUDE, *map(str, fds)]
+    cfg = {"cgroups": group.join_files if group else [], "rlimits": limits, "uid": uid, "workdir": workdir,
+           "stage": stage}
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
+    return [exe, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg), *inner], env
+
+
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _collect(proc: subprocess.Popen, pipes: dict, deadline: float) -> Tuple[dict, bool]:
-    """Read every pipe until all close or the deadline passes; keep a capped tail of each."""
+def _collect(proc: subprocess.Popen, pipes: dict, deadline: float, close_first: List[int],
+             ours: List[int]) -> Tuple[dict, bool]:
+    """Read every pipe until all close or the deadline passes; keep a capped tail of each.
+
+    Returns what was read and whether the deadline passed with the program still running.
+    `close_first` are the child's ends, closed here so that end-of-file can arrive.
+    """
+    for fd in close_first:
+        os.close(fd)
+        ours.remove(fd)
     kept = {name: bytearray() for name in pipes}
     sel = selectors.DefaultSelector()
-    for name, pipe in pipes.items():
-        fd = pipe if isinstance(pipe, int) else pipe.fileno()
+    for name, fd in pipes.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
-    open_count = len(pipes)
     exited_at: Optional[float] = None
     try:
-        while open_count:
+        while sel.get_map():
             now = time.monotonic()
             if now >= deadline:
-                return {k: bytes(v) for k, v in kept.items()}, proc.poll() is None
+                break
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at > 1.0:
-                break  # the program is gone; a stray holder of a pipe gets killed next
+                break  # the program is gone; whatever still holds a pipe is killed next
             for key, _ in sel.select(timeout=min(0.1, deadline - now)):
                 try:
                     chunk = os.read(key.fd, 65536)
@@ -454,19 +465,18 @@ def _collect(proc: subprocess.Popen, pipes: dict, deadline: float) -> Tuple[dict
                     chunk = b""
                 if not chunk:
                     sel.unregister(key.fd)
-                    open_count -= 1
                     continue
                 buf = kept[key.data]
                 buf += chunk
                 if len(buf) > OUTPUT_CAP:
                     del buf[: len(buf) - OUTPUT_CAP]
-        try:
-            proc.wait(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            return {k: bytes(v) for k, v in kept.items()}, True
-        return {k: bytes(v) for k, v in kept.items()}, False
     finally:
         sel.close()
+    try:
+        proc.wait(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        pass
+    return {k: bytes(v) for k, v in kept.items()}, proc.poll() is None
 
 
 def _kill(proc: subprocess.Popen, group: Optional[ProgramCgroup], uid: Optional[int]) -> None:

@@ -80,6 +80,21 @@ def _v1_parents() -> Optional[List[Path]]:
     return parents
 
 
+def _remove_stale(parent: Path) -> None:
+    """Empty groups left by a harness that was killed (its pid is in the name and is gone)."""
+    try:
+        names = [p.name for p in parent.iterdir() if p.name.startswith("mkr-sandbox-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                (parent / name).rmdir()
+            except OSError:
+                pass  # still busy, or someone else's: leave it
+
+
 class ProgramCgroup:
     """The cgroup(s) one program runs in; `join_files` are written with the launcher's pid."""
 
@@ -91,6 +106,8 @@ class ProgramCgroup:
     def create(cls, memory_bytes: int, max_procs: int) -> "ProgramCgroup":
         name = f"mkr-sandbox-{os.getpid()}-{secrets.token_hex(6)}"
         parent = _v2_parent()
+        for folder in [parent] if parent is not None else (_v1_parents() or []):
+            _remove_stale(folder)
         if parent is not None:
             group = cls(2, [parent / name])
             try:
