@@ -174,7 +174,7 @@ class Isolation:
                          "private size-limited tmpfs; host files hidden)")
         else:
             parts.append("no namespaces (rlimits and a throw-away folder only)")
-        parts.append(self.cgroup or "per-process rlimits only")
+        parts.append(self.cgroup or "per-process rlimits only" + ("" if self.private_uid else ", no process-count limit"))
         if self.private_uid:
             parts.append("a private uid per program")
         else:
@@ -350,8 +350,7 @@ def _execute(sources: List[str], iso: Isolation, *, timeout: float, memory_mb: i
             workdir = tempfile.mkdtemp(prefix="mkr-sandbox-")
             if uid is not None:
                 os.chown(workdir, uid, uid)
-        limits = _rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=uid is not None or (
-            group is None and os.geteuid() != 0))
+        limits = _rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=uid is not None)
         argv, env = _command(iso, uid, group, workdir, limits, memory_mb, (src.fileno(), tok_r, ver_w))
         proc = subprocess.Popen(
             argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -400,7 +399,8 @@ def _rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, p
         "RLIMIT_NOFILE": 256,
     }
     if per_uid:
-        limits["RLIMIT_NPROC"] = max_procs  # counted per uid: only where the uid is the program's alone
+        limits["RLIMIT_NPROC"] = max_procs  # counted per uid: only where the uid is the program's alone,
+        # since the caller's own uid already runs its other processes
     return limits
 
 
