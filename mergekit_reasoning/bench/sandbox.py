@@ -10,10 +10,11 @@ Full isolation, the default and the only mode used without an explicit opt-in:
 - run as root, it gets a uid of its own from a private range, so no two programs
   share a uid or its process budget.
 
-The verdict is a per-run random token that the trusted prelude reads from a pipe
-and writes to another only after every part of the program (completion, then
-test) ran to its end; a pass needs that token and a zero exit. Exit calls,
-`atexit`, `sys.excepthook` and printed text therefore cannot claim a pass. The
+The verdict is a per-run random token that the trusted prelude reads before any
+program code runs, keeps in an audit hook's closure, and writes to a pipe only
+after every part of the program (completion, then test) ran to its end; a pass
+needs that token and a zero exit. Exit calls, `atexit`, `sys.excepthook` and
+printed text therefore cannot claim a pass. The
 harness reads only pipes it opened itself, capped and decoded with replacement,
 under one overall deadline it enforces from outside; nothing a program does
 makes scoring raise or hang.
@@ -46,7 +47,8 @@ STAGE = "/tmp"  # a private tmpfs there, in the launcher's own mount namespace o
 OUTPUT_CAP = 16 * 1024  # bytes kept of stdout and of stderr (the tail: tracebacks end there)
 WORKDIR = "/sandbox"
 
-# Inside the sandbox: joins the cgroups, sets rlimits, drops to the program's uid, execs.
+# Runs first, outside the sandbox: joins the cgroups, sets rlimits, drops to the program's
+# uid, then execs bubblewrap (or, in weak mode, the interpreter).
 _LAUNCHER = r"""
 import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
