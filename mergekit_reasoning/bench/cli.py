@@ -40,12 +40,14 @@ def _batch(value: str):
 @click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
 @click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
 @click.option("--no-plots", is_flag=True)
+@click.option("--allow-weak-sandbox", is_flag=True,
+              help="Score HumanEval even where full sandbox isolation is missing (recorded in the results).")
 @click.option("--sweep", "sweep", help="λ values (comma list): merge and score each; needs --target, --sft, --grpo.")
 @click.option("--target", help="Target (instruct) model for --sweep.")
 @click.option("--sft", help="SFT model for --sweep.")
 @click.option("--grpo", help="GRPO model for --sweep.")
 def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, out_dir, data_dir, limit,
-          batch_size, device, max_gen_toks, log_samples, no_plots, sweep, target, sft, grpo):
+          batch_size, device, max_gen_toks, log_samples, no_plots, allow_weak_sandbox, sweep, target, sft, grpo):
     """Score labelled models (or a λ sweep) on GSM8K, HumanEval, SciQ and BBH.
 
     Writes OUT/table.md, OUT/results.json and OUT/plots/*.png; finished scores are
@@ -56,6 +58,7 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
             conditions=conditions, data_dir=data_dir, limit=limit, adversarial=adversarial,
             adversarial_seed=adversarial_seed, batch_size=_batch(batch_size), device=device,
             max_gen_toks=max_gen_toks, log_samples=log_samples, plots=not no_plots, baseline=baseline,
+            allow_weak_sandbox=allow_weak_sandbox,
         )
         if sweep:
             if models:

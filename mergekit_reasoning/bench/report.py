@@ -103,6 +103,8 @@ def markdown_table(document: dict) -> str:
     if sub_rows:
         lines += ["", "## Per subtask", ""]
         lines += _table(sub_rows, labels, baseline, "subtask")
+    if s.get("sandbox"):
+        lines += ["", f"HumanEval sandbox: {s['sandbox']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from . import registry
+from . import registry, sandbox
 from .conditions import Condition, parse_conditions
 from .errors import BenchError
 from .identity import check_model, model_identity, package_versions
@@ -46,12 +46,14 @@ def run_bench(
     plots: bool = True,
     progress: bool = True,
     extra: Optional[dict] = None,
+    allow_weak_sandbox: bool = False,
 ) -> dict:
     """Score every model under every condition on every task; return the results document.
 
     `models` maps labels to local folders or hub ids. Finished units are reused from
     `out_dir/cache`. Writes `results.json`, `table.md` and (unless `plots=False`)
-    `plots/scores.png` under `out_dir`.
+    `plots/scores.png` under `out_dir`. HumanEval needs full sandbox isolation unless
+    `allow_weak_sandbox`; the isolation used is recorded either way.
     """
     if not models:
         raise BenchError("no models given")
@@ -64,6 +66,7 @@ def run_bench(
         data_dir = str(Path(data_dir).expanduser().resolve())
         for task in task_list:
             registry.check_data(task, data_dir)
+    sandbox_used = sandbox.declare(allow_weak_sandbox) if "humaneval" in task_list else None
     for label, ref in models.items():
         check_model(label, str(ref))
 
@@ -83,6 +86,7 @@ def run_bench(
         "max_gen_toks": max_gen_toks,
         "log_samples": log_samples,
         "task_config_hash": _config_hash(),
+        "sandbox": sandbox_used,
         **(extra or {}),
     }
     identities = {label: model_identity(str(ref)) for label, ref in models.items()}

@@ -34,8 +34,12 @@ def build_predictions(resps, docs):
 
 
 def pass_at_1(references, predictions, **_):
-    """Greedy pass@1 for one problem: the share of its programs that pass in the sandbox."""
+    """Greedy pass@1 for one problem: the share of its programs that pass in the sandbox.
+
+    The program (prompt + completion) and the test run as two parts, so a completion
+    cannot swallow the test; a pass needs the sandbox's token, not just a zero exit.
+    """
     (test,), (programs,) = references, predictions
     if isinstance(programs, str):
         programs = [programs]
-    return sum(check_program(p, test).passed for p in programs) / max(len(programs), 1)
+    return sum(check_program(str(p), str(test)).passed for p in programs) / max(len(programs), 1)
