@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .errors import BenchError
 from . import sandbox_rpc
+from .errors import BenchError
 from .sandbox_cgroup import CgroupUnavailable, ProgramCgroup
 
 # Private uids for programs when the harness is root (a range no distribution hands out).

@@ -184,6 +184,13 @@ def test_a_trick_with_a_wrong_answer_scores_0(trick):
     assert score(WRONG + CLAIMS[trick]) == 0.0
 
 
+def test_redefining_a_builtin_the_test_calls_scores_0():
+    # The test runs in the checker's interpreter, where the program's builtins do not reach.
+    test = "def check(candidate):\n    assert abs(candidate(2, 3) - 5) < 1e-9\n"
+    assert score(RIGHT, test=test) == 1.0
+    assert score(WRONG + "import builtins\nbuiltins.abs = lambda x: 0\n", test=test) == 0.0
+
+
 def test_the_lead_forgery_reaches_nothing_now():
     # It needed the token in the program's own interpreter: there is none, and no hook to trip.
     out = check_program(PROMPT + WRONG + LEAD_FORGERY.replace("PermissionError", "Exception"), **SMALL)
