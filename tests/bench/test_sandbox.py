@@ -42,6 +42,12 @@ def score(completion: str, test: str = TEST) -> float:
     return hooks.pass_at_1([{"prompt": PROMPT, "test": test, "entry_point": "add"}], [PROMPT + completion])
 
 
+def scores(completions: dict, test: str = TEST) -> dict:
+    """Name -> score for many completions at once (each scoring mostly waits on process start-up)."""
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(completions, pool.map(lambda c: score(c, test), completions.values())))
+
+
 def check_program(program: str, test: str = TEST, **limits):
     return check_with(program, PROMPT, test, "add", **limits)
 
@@ -179,9 +185,8 @@ CLAIMS = {
 }
 
 
-@pytest.mark.parametrize("trick", CLAIMS)
-def test_a_trick_with_a_wrong_answer_scores_0(trick):
-    assert score(WRONG + CLAIMS[trick]) == 0.0
+def test_every_trick_with_a_wrong_answer_scores_0():
+    assert scores({trick: WRONG + code for trick, code in CLAIMS.items()}) == dict.fromkeys(CLAIMS, 0.0)
 
 
 def test_redefining_a_builtin_the_test_calls_scores_0():
@@ -218,9 +223,9 @@ FORGED = {
 }
 
 
-@pytest.mark.parametrize("forged", FORGED)
-def test_forged_replies_that_are_not_plain_data_score_0(forged):
-    assert score(FORGE.format(text=FORGED[forged], header="len(data).to_bytes(4, 'big')"), test=ANY_REPLY) == 0.0
+def test_forged_replies_that_are_not_plain_data_score_0():
+    programs = {name: FORGE.format(text=text, header="len(data).to_bytes(4, 'big')") for name, text in FORGED.items()}
+    assert scores(programs, test=ANY_REPLY) == dict.fromkeys(FORGED, 0.0)
 
 
 def test_a_forged_header_claiming_gigabytes_scores_0():
@@ -269,9 +274,8 @@ HARMLESS = {
 }
 
 
-@pytest.mark.parametrize("trick", HARMLESS)
-def test_a_trick_with_a_correct_answer_still_scores_1(trick):
-    assert score(RIGHT + HARMLESS[trick]) == 1.0
+def test_every_harmless_trick_with_a_correct_answer_still_scores_1():
+    assert scores({trick: RIGHT + code for trick, code in HARMLESS.items()}) == dict.fromkeys(HARMLESS, 1.0)
     assert_nothing_left()
 
 
