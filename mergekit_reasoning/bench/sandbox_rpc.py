@@ -18,7 +18,7 @@ import time
 
 # Bytes of one encoded call or reply: HumanEval's largest are 457 and 195 bytes (all 164
 # canonical solutions, 1,537 calls); a reply at the cap takes the checker ~30 MB to decode.
-REQUEST_CAP = REPLY_CAP = 1 << 16
+MESSAGE_CAP = 1 << 16
 MAX_DEPTH = 64  # nesting of containers in one value
 _compile, _ascii = compile, ascii  # bound now: a program that replaces builtins still gets its replies sent
 _NUMBERS = (int, float, complex)
@@ -44,7 +44,7 @@ def encode(value) -> bytes:
 
 def decode(data: bytes):
     """The literal in `data`, or ChannelError: never runs code, never raises anything else."""
-    if len(data) > REPLY_CAP:
+    if len(data) > MESSAGE_CAP:
         raise ChannelError(f"message of {len(data)} bytes is over the cap")
     try:
         tree = _compile(data.decode("ascii"), "<value>", "eval", ast.PyCF_ONLY_AST)
@@ -94,7 +94,7 @@ def send(fd: int, payload: bytes, deadline=None) -> None:
             raise ChannelError(f"channel closed ({exc.strerror})") from None
 
 
-def receive(fd: int, cap: int, deadline=None) -> bytes:
+def receive(fd: int, cap: int = MESSAGE_CAP, deadline=None) -> bytes:
     """One length-prefixed message of at most `cap` bytes.
 
     Reads as much as the pipe holds at once, so that when a program forks and two
@@ -169,7 +169,7 @@ def serve(request_fd: int, reply_fd: int, *, program: str) -> None:
         os._exit(1)
     while True:
         try:
-            call_id, name, args, kwargs = decode(receive(request_fd, REQUEST_CAP))
+            call_id, name, args, kwargs = decode(receive(request_fd, MESSAGE_CAP))
         except Exception:
             os._exit(0)  # the checker is done (or gone)
         try:
@@ -208,7 +208,7 @@ class _Remote:
             request = encode((call_id, self.name, args, kwargs))
             decode(request)  # the test's own arguments must be plain data too
             send(self.request_fd, request, self.deadline)
-            reply = decode(receive(self.reply_fd, REPLY_CAP, self.deadline))
+            reply = decode(receive(self.reply_fd, MESSAGE_CAP, self.deadline))
             if type(reply) is not tuple or len(reply) != 3 or reply[0] != call_id or reply[1] not in ("return", "raise") \
                     or (reply[1] == "raise" and type(reply[2]) is not str):
                 raise ChannelError("malformed reply")

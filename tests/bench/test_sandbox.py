@@ -182,6 +182,9 @@ CLAIMS = {
                                      "    if len(calls) > 1:\n        os._exit(0)\n    return a + b\n",
     "exit_before_replying": "import os\ndef add(a, b):\n    os._exit(0)\n",
     "exit_0_in_the_call": "def add(a, b):\n    exit(0)\n",
+    "returns_a_huge_list": "def add(a, b):\n    return [a + b] * 10**6\n",
+    "returns_a_deeply_nested_list": "def add(a, b):\n    x = a + b\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+    "returns_a_recursive_list": "def add(a, b):\n    x = [a + b]\n    x.append(x)\n    return x\n",
 }
 
 

@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from mergekit_reasoning.bench.sandbox_rpc import REPLY_CAP, ChannelError, ChannelTimeout, decode, encode, receive, send
+from mergekit_reasoning.bench.sandbox_rpc import MESSAGE_CAP, ChannelError, ChannelTimeout, decode, encode, receive, send
 
 PLAIN = [
     0, -1, 10**100, 0x7FFFFFFFFFFFFFFF, 1.5, -0.0, 1e-300, float("inf"), float("-inf"), 2j, 1 + 2j, -1.5 - 2j,
@@ -46,10 +46,10 @@ def test_anything_but_plain_data_is_a_channel_error(data):
 
 
 def test_a_value_at_the_cap_decodes_in_bounded_memory():
-    data = b"[" + b"0," * ((REPLY_CAP - 2) // 2) + b"]"
+    data = b"[" + b"0," * ((MESSAGE_CAP - 2) // 2) + b"]"
     tracemalloc.start()
     try:
-        assert len(decode(data)) == (REPLY_CAP - 2) // 2
+        assert len(decode(data)) == (MESSAGE_CAP - 2) // 2
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -84,25 +84,25 @@ def test_messages_arrive_whole_and_in_order(pipe):
     one, two = encode((1, "return", [1, 2])), encode((2, "return", "x" * 1000))
     os.write(w, len(one).to_bytes(4, "big") + one + len(two).to_bytes(4, "big")[:2])  # two arrives in pieces
     os.write(w, len(two).to_bytes(4, "big")[2:] + two)
-    assert receive(r, REPLY_CAP) == one
-    assert receive(r, REPLY_CAP) == two
+    assert receive(r, MESSAGE_CAP) == one
+    assert receive(r, MESSAGE_CAP) == two
 
 
 def test_a_header_over_the_cap_is_refused_before_reading_the_body(pipe):
     r, w = pipe
-    os.write(w, (REPLY_CAP + 1).to_bytes(4, "big"))
+    os.write(w, (MESSAGE_CAP + 1).to_bytes(4, "big"))
     with pytest.raises(ChannelError, match="over the cap"):
-        receive(r, REPLY_CAP)
+        receive(r, MESSAGE_CAP)
 
 
 def test_end_of_file_and_silence_are_channel_errors(pipe):
     r, w = pipe
     os.set_blocking(r, False)
     with pytest.raises(ChannelTimeout):
-        receive(r, REPLY_CAP, deadline=time.monotonic() + 0.05)
+        receive(r, MESSAGE_CAP, deadline=time.monotonic() + 0.05)
     os.close(w)
     with pytest.raises(ChannelError, match="went away"):
-        receive(r, REPLY_CAP, deadline=time.monotonic() + 5)
+        receive(r, MESSAGE_CAP, deadline=time.monotonic() + 5)
 
 
 def test_a_reader_that_never_reads_times_the_sender_out(pipe):
