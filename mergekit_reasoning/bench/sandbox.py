@@ -1,29 +1,34 @@
-"""Run untrusted generated code (HumanEval completions) so it cannot fool the score or hurt the host.
+"""Score untrusted generated code (HumanEval completions) so it cannot fool the score or hurt the host.
+
+Each scoring runs two processes, each in a sandbox of its own, joined only by two pipes:
+- the program (prompt + completion), which runs its code and then answers calls
+  to its entry point (`sandbox_rpc.serve`);
+- the trusted checker, which runs the dataset's own prompt and test with the entry
+  point bound to a stand-in that forwards each call over the pipes, and alone
+  decides the verdict (`sandbox_rpc.check`). Values come back as plain data,
+  decoded by a strict literal reader, so all a program can affect is the values it
+  returns: exit codes, output, exceptions, hangs, tampering with its own
+  interpreter or writing to any fd it holds cannot make a pass.
 
 Full isolation, the default and the only mode used without an explicit opt-in:
-- bubblewrap gives each program its own user, PID, network, IPC, UTS and mount
-  namespaces; the program sees only the Python it needs (read-only) and private
+- bubblewrap gives each process its own user, PID, network, IPC, UTS and mount
+  namespaces; it sees only the Python it needs (read-only) and private
   size-limited tmpfs folders (/tmp, /var/tmp, /dev/shm and its work folder), so it
   cannot read the answer key, the project or the home folder, and nothing it
   writes survives it;
 - a cgroup of its own caps memory and process count for its whole tree;
-- run as root, it gets a uid of its own from a private range, so no two programs
-  share a uid or its process budget.
+- run as root, it gets a uid of its own from a private range, so no two processes
+  share a uid or its process budget, and the program cannot signal the checker.
 
-The verdict is a per-run random token that the trusted prelude reads before any
-program code runs, keeps in an audit hook's closure, and writes to a pipe only
-after every part of the program (completion, then test) ran to its end; a pass
-needs that token and a zero exit. Exit calls, `atexit`, `sys.excepthook` and
-printed text therefore cannot claim a pass. The
-harness reads only pipes it opened itself, capped and decoded with replacement,
-under one overall deadline it enforces from outside; nothing a program does
-makes scoring raise or hang.
+The harness reads only pipes it opened itself, capped and decoded with replacement,
+under one overall deadline it enforces from outside by killing both trees; nothing a
+program does makes scoring raise or hang.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import marshal
 import os
 import secrets
 import selectors
@@ -35,8 +40,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
+from . import sandbox_rpc
 from .errors import BenchError
 from .sandbox_cgroup import CgroupUnavailable, ProgramCgroup
 
@@ -50,8 +56,8 @@ WORKDIR = "/sandbox"
 # Runs first, outside the sandbox: joins the cgroups, sets rlimits, drops to the program's
 # uid, then execs bubblewrap (or, in weak mode, the interpreter).
 _LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
+import ctypes, marshal, os, resource, signal, sys
+cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
 for path in cfg["cgroups"]:
     with open(path, "w") as f:
         f.write(str(os.getpid()))
@@ -81,61 +87,21 @@ if cfg["workdir"]:
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
-# The program's own process. The token is read before any program code runs and kept only
-# in an audit hook's closure; the hook writes it when `_run`'s own frame reports that every
-# part ran to its end, and blocks the usual ways to reach it (gc walks, ctypes, tracing).
-# Everything `_run` calls after the program starts is bound beforehand, so a program that
-# replaces builtins or os functions cannot skip the test or turn a failure into a pass.
-_PRELUDE = r"""
-import json, os, sys
-def _guard(token, ver_fd, caller, pid, getframe=sys._getframe, getpid=os.getpid, write=os.write):
-    blocked = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile",
-               "sys._current_frames", "sys.addaudithook", "code.__new__", "subprocess.Popen", "os.exec",
-               "os.posix_spawn", "os.spawn", "os.system"}
-    def hook(event, args):
-        if event == "mkr.sandbox.done":
-            if getframe(1) is caller and getpid() == pid:
-                write(ver_fd, token)
-        elif event in blocked or event.startswith("ctypes."):
-            raise PermissionError(f"{event} is not allowed in the sandbox")
-    sys.addaudithook(hook)
-def _run(src_fd, tok_fd, ver_fd):
-    lo = 3
-    for fd in sorted({src_fd, tok_fd, ver_fd}):
-        os.closerange(lo, fd)
-        lo = fd + 1
-    os.closerange(lo, 1 << 20)
-    with open(src_fd, "rb") as f:
-        sources = json.loads(f.read())
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.argv = ["program.py"]
-    import builtins, traceback
-    builtins.exit = builtins.quit = sys.exit  # as in a normal interpreter (-S leaves them out)
-    run, build, audit, exit_now, print_exc = exec, compile, sys.audit, os._exit, traceback.print_exc
-    _guard(os.read(tok_fd, 64), ver_fd, sys._getframe(), os.getpid())
-    os.close(tok_fd)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    finished = False
-    try:
-        for name, source in zip(("<program>", "<test>", "<more>"), sources):
-            run(build(source, name, "exec"), namespace)
-        finished = True
-    except BaseException:
-        try:
-            print_exc()
-        except BaseException:
-            pass
-    if finished:
-        audit("mkr.sandbox.done")
-        try:
-            sys.stdout.flush()
-        except BaseException:
-            pass
-    exit_now(0 if finished else 1)
-_run(*map(int, sys.argv[1:4]))
+# Runs in each sandbox: loads `sandbox_rpc` from the text sent with the job (the sandbox
+# cannot see the project) and starts the job's role, `serve` or `check`, on the passed fds.
+_BOOT = r"""
+import marshal, sys
+with open(int(sys.argv[1]), "rb") as f:
+    job = marshal.loads(f.read())
+rpc = {"__name__": "sandbox_rpc"}
+exec(compile(job.pop("module"), "sandbox_rpc.py", "exec"), rpc)
+rpc[job.pop("role")](*map(int, sys.argv[2:]), **job)
 """
+_RPC_SOURCE = Path(sandbox_rpc.__file__).read_text(encoding="utf-8")
+
+# The checker runs only the dataset's prompt and test: small fixed limits.
+CHECKER_LIMITS = dict(memory_mb=256, max_procs=16, max_file_mb=1)
+CHECKER_MARGIN = 0.3  # seconds: the checker gives up this much before the harness kills it
 
 
 class SandboxUnavailable(BenchError):
@@ -144,15 +110,15 @@ class SandboxUnavailable(BenchError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one program: `passed` only with the run's token and a zero exit."""
+    """What happened to one program: `passed` only if the trusted checker's test ran to its end."""
 
     passed: bool
     status: str  # passed | failed | timeout
-    returncode: Optional[int]
     seconds: float
-    stderr: str
-    stdout: str = ""
-    peak_memory: Optional[int] = None  # bytes, whole process tree (None without a cgroup)
+    stderr: str  # the program's
+    stdout: str = ""  # the program's
+    report: str = ""  # the checker's account of a failure (the test's traceback, a channel fault)
+    peak_memory: Optional[int] = None  # bytes, the program's whole process tree (None without a cgroup)
     isolation: str = ""
 
 
@@ -237,14 +203,18 @@ def isolation() -> Isolation:
         missing.insert(0, "bubblewrap (install the `bubblewrap` package, e.g. apt-get install bubblewrap)")
     else:
         probe = Isolation(bwrap, cgroup, root, ())
-        out = _execute(["pass"], probe, timeout=20, memory_mb=256, max_procs=16, max_file_mb=1)
+        out = _check(PROBE, probe, timeout=20, memory_mb=256, max_procs=16, max_file_mb=1)
         if not out.passed:
-            why = (out.stderr.strip().splitlines() or [out.status])[-1]
+            why = ((out.stderr + out.report).strip().splitlines() or [out.status])[-1]
             missing.insert(0, f"working bubblewrap namespaces ({why})")
             bwrap = None
     # Without bubblewrap to stage the interpreter, a private uid works only where it can reach it.
     private_uid = root and (bwrap is not None or _world_reachable(_python()[0]))
     return Isolation(bwrap, cgroup, private_uid, tuple(missing))
+
+
+# A trivial HumanEval-like problem, run the real way to see whether sandboxes work here.
+PROBE = ("def one():\n    return 1\n", "def one():\n    pass\n", "def check(f):\n    assert f() == 1\n", "one")
 
 
 def _world_reachable(path: str) -> bool:
@@ -299,97 +269,120 @@ def _bwrap_command(bwrap: str, size_bytes: int, binds: dict) -> List[str]:
     return cmd
 
 
-def run_program(
-    code: Union[str, Sequence[str]],
-    *,
-    timeout: float = 10.0,
-    memory_mb: int = 1024,
-    max_procs: int = 64,
-    max_file_mb: int = 16,
-) -> Outcome:
-    """Execute `code` (one source, or parts run in order in one namespace) in the sandbox.
+def check_program(program: str, prompt: str, test: str, entry_point: str, *, timeout: float = 10.0,
+                  memory_mb: int = 1024, max_procs: int = 64, max_file_mb: int = 16) -> Outcome:
+    """Score one HumanEval program: `prompt`, `test` and `entry_point` are the dataset's (trusted),
+    `program` is prompt + completion (untrusted). The limits are the program's; `timeout` covers
+    the whole scoring.
 
     Raises `SandboxUnavailable` only for this host's set-up (see `require_isolation`);
-    never for anything the code does.
+    never for anything the program does.
     """
     iso = require_isolation()
-    sources = [code] if isinstance(code, str) else list(code)
-    return _execute(sources, iso, timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
+    return _check((program, prompt, test, entry_point), iso, timeout=timeout, memory_mb=memory_mb,
+                  max_procs=max_procs, max_file_mb=max_file_mb)
 
 
-def check_program(program: str, test: str, **limits) -> Outcome:
-    """A HumanEval program (prompt + completion), then its test, as two separately compiled parts.
+class _Sandboxed:
+    """One process tree started under `iso` (launcher, bubblewrap, `_BOOT` running `job`), and its clean-up."""
 
-    Separate parts keep a completion from swallowing the test (an unclosed string, a
-    trailing backslash): the test runs as written or the program fails.
-    """
-    return run_program([program, test], **limits)
+    def __init__(self, iso: Isolation, job: dict, fds: Tuple[int, ...], *, timeout: float, memory_mb: int,
+                 max_procs: int, max_file_mb: int, avoid_uid: Optional[int] = None):
+        self.uid = self.group = self.workdir = self.proc = None
+        try:
+            self._start(iso, job, fds, timeout, memory_mb, max_procs, max_file_mb, avoid_uid)
+        except BaseException:
+            self.close()
+            raise
 
-
-def _execute(sources: List[str], iso: Isolation, *, timeout: float, memory_mb: int, max_procs: int,
-             max_file_mb: int) -> Outcome:
-    """Run one program under `iso`; every failure of ours or its is a failed Outcome, never an exception."""
-    token = secrets.token_hex(16).encode()
-    start = time.monotonic()
-    uid = UID_BASE + secrets.randbelow(UID_COUNT) if iso.private_uid else None
-    group: Optional[ProgramCgroup] = None
-    workdir: Optional[str] = None
-    proc: Optional[subprocess.Popen] = None
-    ours: List[int] = []  # fds the harness must close
-    src = tempfile.TemporaryFile()
-    weak = "full" if iso.full else "weak"
-    try:
-        src.write(json.dumps(sources).encode("ascii"))  # ASCII escapes: lone surrogates cannot raise
-        src.flush()
-        src.seek(0)
-        tok_r, tok_w = os.pipe()
-        ver_r, ver_w = os.pipe()
-        ours += [tok_r, tok_w, ver_r, ver_w]
-        os.write(tok_w, token)  # 32 bytes: fits the pipe, never blocks
+    def _start(self, iso, job, fds, timeout, memory_mb, max_procs, max_file_mb, avoid_uid):
+        if iso.private_uid:
+            while self.uid in (None, avoid_uid):
+                self.uid = UID_BASE + secrets.randbelow(UID_COUNT)
         if iso.cgroup:
-            group = ProgramCgroup.create(memory_mb * 2**20, max_procs)
+            self.group = ProgramCgroup.create(memory_mb * 2**20, max_procs)
         if not iso.bwrap:
-            workdir = tempfile.mkdtemp(prefix="mkr-sandbox-")
-            if uid is not None:
-                os.chown(workdir, uid, uid)
-        limits = _rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=uid is not None)
-        argv, env = _command(iso, uid, group, workdir, limits, memory_mb, (src.fileno(), tok_r, ver_w))
-        proc = subprocess.Popen(
-            argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(src.fileno(), tok_r, ver_w), start_new_session=True,
-        )
-        src.close()
-        streams, timed_out = _collect(
-            proc, {"stdout": proc.stdout.fileno(), "stderr": proc.stderr.fileno(), "verdict": ver_r}, start + timeout,
-            close_first=[tok_r, tok_w, ver_w], ours=ours,
-        )
-        _kill(proc, group, uid)
-        if timed_out:
-            status, returncode = "timeout", None
-        else:
-            returncode = proc.returncode
-            status = "passed" if returncode == 0 and streams["verdict"] == token else "failed"
-        peak = group.peak_memory() if group else None
-        return Outcome(status == "passed", status, returncode, time.monotonic() - start,
-                       _text(streams["stderr"]), _text(streams["stdout"]), peak, weak)
+            self.workdir = tempfile.mkdtemp(prefix="mkr-sandbox-")
+            if self.uid is not None:
+                os.chown(self.workdir, self.uid, self.uid)
+        with tempfile.TemporaryFile() as payload:
+            payload.write(marshal.dumps({"module": _RPC_SOURCE, **job}))  # str, float: lone surrogates too
+            payload.flush()
+            payload.seek(0)
+            limits = _rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=self.uid is not None)
+            argv, env = _command(iso, self.uid, self.group, self.workdir, limits, memory_mb, (payload.fileno(), *fds))
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(payload.fileno(), *fds), start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """Kill the whole tree: its session, its cgroup and (weak mode) every process of its uid."""
+        if self.proc is not None:
+            _kill(self.proc, self.group, self.uid)
+
+    def close(self) -> None:
+        """Kill, then release what it held; never raises."""
+        self.kill()
+        if self.proc is not None:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+        if self.group is not None:
+            self.group.remove()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _check(problem: Tuple[str, str, str, str], iso: Isolation, *, timeout: float, memory_mb: int, max_procs: int,
+           max_file_mb: int) -> Outcome:
+    """Run the program and its checker side by side; every failure of ours or its is a failed Outcome."""
+    program, prompt, test, entry_point = problem
+    start = time.monotonic()
+    deadline = start + timeout
+    weak = "full" if iso.full else "weak"
+    sides: List[_Sandboxed] = []
+    ours: List[int] = []  # fds the harness must close
+    try:
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        verdict_r, verdict_w = os.pipe()
+        ours += [request_r, request_w, reply_r, reply_w, verdict_r, verdict_w]
+        served = _Sandboxed(iso, {"role": "serve", "program": program}, (request_r, reply_w), timeout=timeout,
+                            memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
+        sides.append(served)
+        job = {"role": "check", "prompt": prompt, "test": test, "entry_point": entry_point,
+               "seconds": max(0.1, deadline - time.monotonic() - CHECKER_MARGIN)}
+        checker = _Sandboxed(iso, job, (request_w, reply_r, verdict_w), timeout=timeout, avoid_uid=served.uid,
+                             **CHECKER_LIMITS)
+        sides.append(checker)
+        for fd in (request_r, reply_w, request_w, reply_r, verdict_w):  # theirs now: end-of-file can arrive
+            os.close(fd)
+            ours.remove(fd)
+        pipes = {"verdict": verdict_r, "report": checker.proc.stderr.fileno(), "checker_out": checker.proc.stdout.fileno(),
+                 "stdout": served.proc.stdout.fileno(), "stderr": served.proc.stderr.fileno()}
+        kept = {name: bytearray() for name in pipes}
+        finished = _read(pipes, kept, until_closed={"verdict", "report", "checker_out"}, deadline=deadline)
+        checker_code = _exit_code(checker.proc, deadline) if finished else None
+        for side in sides:
+            side.kill()
+        _read(pipes, kept, until_closed=set(pipes), deadline=time.monotonic() + 1.0)  # what the program left
+        verdict = bytes(kept["verdict"])
+        passed = finished and checker_code == 0 and verdict == b"pass"
+        status = "passed" if passed else "timeout" if not finished or verdict == b"timeout" else "failed"
+        report = _text(kept["report"]) or ("" if finished else "the harness's deadline passed\n")
+        peak = served.group.peak_memory() if served.group else None
+        return Outcome(passed, status, time.monotonic() - start, _text(kept["stderr"]), _text(kept["stdout"]),
+                       report, peak, weak)
     except Exception as exc:  # the harness's own resources (fds, cgroup): a failed run, not a crash
-        if proc is not None:
-            _kill(proc, group, uid)
-        return Outcome(False, "failed", None, time.monotonic() - start, f"sandbox error: {exc}", "", None, weak)
+        return Outcome(False, "failed", time.monotonic() - start, "", "", f"sandbox error: {exc}", None, weak)
     finally:
-        src.close()
+        for side in sides:
+            side.close()
         for fd in ours:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        if proc is not None:
-            proc.stdout.close()
-            proc.stderr.close()
-        if group is not None:
-            group.remove()
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, per_uid: bool) -> dict:
@@ -407,8 +400,8 @@ def _rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, p
 
 
 def _command(iso: Isolation, uid: Optional[int], group: Optional[ProgramCgroup], workdir: Optional[str],
-             limits: dict, memory_mb: int, fds: Tuple[int, int, int]) -> Tuple[List[str], dict]:
-    """The launcher's argv (launcher, then bwrap if any, then the prelude) and environment."""
+             limits: dict, memory_mb: int, fds: Tuple[int, ...]) -> Tuple[List[str], dict]:
+    """The launcher's argv (launcher, then bwrap if any, then `_BOOT` with the payload fd first) and environment."""
     exe, _ = _python()
     stage: dict = {}
     if iso.bwrap:
@@ -422,43 +415,31 @@ def _command(iso: Isolation, uid: Optional[int], group: Optional[ProgramCgroup],
     else:
         inner = [exe]
         home = tmp = workdir
-    inner += ["-I", "-S", "-c", _PRELUDE, *map(str, fds)]
+    inner += ["-I", "-S", "-c", _BOOT, *map(str, fds)]
     cfg = {"cgroups": group.join_files if group else [], "rlimits": limits, "uid": uid, "workdir": workdir,
            "stage": stage}
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
-    return [exe, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg), *inner], env
+    return [exe, "-I", "-S", "-c", _LAUNCHER, marshal.dumps(cfg).hex(), *inner], env
 
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _collect(proc: subprocess.Popen, pipes: dict, deadline: float, close_first: List[int],
-             ours: List[int]) -> Tuple[dict, bool]:
-    """Read every pipe until all close or the deadline passes; keep a capped tail of each.
-
-    Returns what was read and whether the deadline passed with the program still running.
-    `close_first` are the child's ends, closed here so that end-of-file can arrive.
+def _read(pipes: dict, kept: dict, until_closed: set, deadline: float) -> bool:
+    """Read `pipes` (name -> fd) into `kept`, capped to each one's tail, until every pipe named in
+    `until_closed` reached end-of-file (True) or the deadline passed (False). Closed pipes leave `pipes`.
     """
-    for fd in close_first:
-        os.close(fd)
-        ours.remove(fd)
-    kept = {name: bytearray() for name in pipes}
     sel = selectors.DefaultSelector()
     for name, fd in pipes.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
-    exited_at: Optional[float] = None
     try:
-        while sel.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > 1.0:
-                break  # the program is gone; whatever still holds a pipe is killed next
-            for key, _ in sel.select(timeout=min(0.1, deadline - now)):
+        while until_closed & set(pipes):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for key, _ in sel.select(timeout=min(0.5, left)):
                 try:
                     chunk = os.read(key.fd, 65536)
                 except BlockingIOError:
@@ -467,22 +448,27 @@ def _collect(proc: subprocess.Popen, pipes: dict, deadline: float, close_first: 
                     chunk = b""
                 if not chunk:
                     sel.unregister(key.fd)
+                    del pipes[key.data]
                     continue
                 buf = kept[key.data]
                 buf += chunk
                 if len(buf) > OUTPUT_CAP:
                     del buf[: len(buf) - OUTPUT_CAP]
+        return True
     finally:
         sel.close()
+
+
+def _exit_code(proc: subprocess.Popen, deadline: float) -> Optional[int]:
+    """The exit status of a process whose pipes all closed (so it is ending), or None at the deadline."""
     try:
-        proc.wait(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+        return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        pass
-    return {k: bytes(v) for k, v in kept.items()}, proc.poll() is None
+        return None
 
 
 def _kill(proc: subprocess.Popen, group: Optional[ProgramCgroup], uid: Optional[int]) -> None:
-    """Kill the program's whole tree: its session, its cgroup and (weak mode) every process of its uid."""
+    """Kill a whole tree: its session, its cgroup and (weak mode) every process of its uid."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:

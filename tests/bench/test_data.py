@@ -39,7 +39,7 @@ def test_canonical_humaneval_solutions_pass_in_the_sandbox(shared_data):
     he = hooks.load_humaneval(str(shared_data))["test"]
     for doc in he.select(range(8)):
         program = hooks.build_predictions([[doc["canonical_solution"]]], [doc])[0]
-        reference = f"{doc['test']}\ncheck({doc['entry_point']})"
+        reference = hooks.humaneval_reference(doc)
         assert hooks.pass_at_1([reference], [program]) == 1.0, doc["task_id"]
         broken = hooks.build_predictions([["    return None\n"]], [doc])[0]
         assert hooks.pass_at_1([reference], [broken]) == 0.0, doc["task_id"]

@@ -1,10 +1,13 @@
 """Hostile HumanEval completions: every trick scores 0, correct answers score 1, nothing survives.
 
 Programs are scored the way lm-eval scores them (`mkr_hooks.pass_at_1`) or through
-`check_program` where a test needs the outcome's details. Limits are kept small
-(256 MB, 16 processes) so the bombs stay harmless to the host, and every check of
-"what is left" looks only at this test process's own sandboxes: their cgroups are
-named after its pid.
+`check_program` where a test needs the outcome's details. The verdict is made by a
+trusted checker in a sandbox of its own; the program can only answer its calls, so
+the attacks below try every other way to reach a pass: exit codes, output, writes
+to every fd, forged or malformed replies, frames and signal handlers. Limits are
+kept small (256 MB, 16 processes) so the bombs stay harmless to the host, and every
+check of "what is left" looks only at this test process's own sandboxes: their
+cgroups are named after its pid.
 """
 
 import gzip
@@ -18,24 +21,35 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_reasoning.bench.sandbox import check_program, isolation, run_program
+from mergekit_reasoning.bench import sandbox_rpc
+from mergekit_reasoning.bench.sandbox import check_program as check_with, isolation
 from mergekit_reasoning.bench.tasks import mkr_hooks as hooks
 
 pytestmark = pytest.mark.skipif(
     not isolation().full, reason=f"full sandbox isolation is missing here: {'; '.join(isolation().missing)}"
 )
 
-PROMPT = "def add(a, b):\n"
+PROMPT = 'def add(a, b):\n    """The sum of a and b."""\n'
 RIGHT = "    return a + b\n"
 WRONG = "    return a - b\n"
-TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n\ncheck(add)"
+TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 SMALL = dict(memory_mb=256, max_procs=16, timeout=10)
 REPO = Path(__file__).resolve().parents[2]
 HUMANEVAL = REPO / ".." / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
 
 
 def score(completion: str, test: str = TEST) -> float:
-    return hooks.pass_at_1([test], [PROMPT + completion])
+    return hooks.pass_at_1([{"prompt": PROMPT, "test": test, "entry_point": "add"}], [PROMPT + completion])
+
+
+def scores(completions: dict, test: str = TEST) -> dict:
+    """Name -> score for many completions at once (each scoring mostly waits on process start-up)."""
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(completions, pool.map(lambda c: score(c, test), completions.values())))
+
+
+def check_program(program: str, test: str = TEST, **limits):
+    return check_with(program, PROMPT, test, "add", **limits)
 
 
 def own_sandbox_processes():
@@ -68,9 +82,62 @@ def within(out, mb: int) -> bool:
 def test_correct_and_wrong_programs():
     assert score(RIGHT) == 1.0
     out = check_program(PROMPT + WRONG, TEST)
-    assert not out.passed and out.status == "failed" and "AssertionError" in out.stderr
+    assert not out.passed and out.status == "failed" and "AssertionError" in out.report
     assert out.isolation == "full"
 
+
+# The lead's forgery of the audit-hook verdict (a wrong answer scored as passed before the
+# checker moved out of the program's process): read the token from the hook's frame.
+LEAD_FORGERY = """import os, gc
+try:
+    gc.get_objects()
+except PermissionError as e:
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    loc = tb.tb_frame.f_locals
+    os.write(loc["ver_fd"], loc["token"])
+    os._exit(0)
+"""
+
+# Walk every frame the program can reach (from its own code, or from a signal handler,
+# which gets the frame that was running) and write what could be a verdict to every fd
+# found there, set every flag, then leave with exit status 0.
+FRAME_WALK = """import os, sys
+def _forge(frame):
+    while frame is not None:
+        found = dict(frame.f_locals)
+        for name, value in found.items():
+            if type(value) is int and 0 <= value < 256:
+                for claim in [v for v in found.values() if type(v) is bytes] + [b"pass", b"\\0\\0\\0\\x04pass"]:
+                    try:
+                        os.write(value, claim)
+                    except OSError:
+                        pass
+            if type(value) is bool:
+                try:
+                    frame.f_locals[name] = True
+                except Exception:
+                    pass
+        frame = frame.f_back
+    os._exit(0)
+"""
+
+# Well-formed replies, written to every fd before any call, for the answers the test
+# wants (5, then 0) under guessed call ids; and plain "pass" claims.
+FAKE_REPLIES = """import os
+claims = [b"pass", b"pass\\n"]
+for call_id in range(4):
+    for value in (5, 0, True):
+        payload = ascii((call_id, "return", value)).encode()
+        claims.append(len(payload).to_bytes(4, "big") + payload)
+for fd in range(256):
+    for claim in claims:
+        try:
+            os.write(fd, claim)
+        except OSError:
+            pass
+"""
 
 # A wrong answer plus a trick meant to claim a pass; each must score 0.
 CLAIMS = {
@@ -82,6 +149,7 @@ CLAIMS = {
     "excepthook_os_exit": "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n",
     "fake_output": "print('PASSED 1.0')\nimport sys\nsys.stderr.write('ok\\n')\n",
     "junk_on_every_fd": "import os\nfor fd in range(256):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n",
+    "fake_replies_on_every_fd": FAKE_REPLIES,
     "swallow_test_in_string": "x = '''\n",
     "swallow_test_by_backslash": "x = 1 + \\\n",
     "fake_exec": "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
@@ -89,6 +157,11 @@ CLAIMS = {
     "noop_os_exit": "import os\nos._exit = lambda code: None\n",
     "forged_done_event": "import sys\nsys.audit('mkr.sandbox.done')\n",
     "spoofed_frame": "import sys\nf = sys._getframe(1)\nsys._getframe = lambda *a: f\nsys.audit('mkr.sandbox.done')\n",
+    "lead_traceback_forgery": LEAD_FORGERY,
+    "frame_walk_from_the_program": FRAME_WALK + "_forge(sys._getframe())\n",
+    "frame_walk_from_the_call": FRAME_WALK + "def add(a, b):\n    _forge(sys._getframe())\n",
+    "frame_walk_from_a_signal_handler": FRAME_WALK + "import signal\nsignal.signal(signal.SIGALRM, lambda n, f: _forge(f))\n"
+                                        "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n",
     "gc_walk_for_token": "import gc\nleak = [o for o in gc.get_objects()]\n",
     "ctypes": "import ctypes\n",
     "tracing": "import sys\nsys.settrace(lambda *a: None)\n",
@@ -98,18 +171,94 @@ CLAIMS = {
     "thread_exits_0": "import threading, os, time\nthreading.Thread(target=lambda: (time.sleep(0.2), os._exit(0))).start()\n",
     "kill_init": "import os, signal\nos.kill(1, signal.SIGKILL)\n",
     "kill_own_group": "import os, signal\nos.killpg(0, signal.SIGKILL)\n",
+    "kill_every_process_in_sight": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
+    "object_equal_to_everything": "class Yes:\n    def __eq__(self, other):\n        return True\n"
+                                  "def add(a, b):\n    return Yes()\n",
+    "str_and_int_equal_to_everything": "class S(str):\n    __eq__ = lambda self, other: True\n"
+                                       "class I(int):\n    __eq__ = lambda self, other: True\n"
+                                       "def add(a, b):\n    return (S('x'), I(7))[b % 2]\n",
+    "redefine_a_builtin_the_test_uses": "import builtins\nbuiltins.AssertionError = SystemExit\n",
+    "right_once_then_exit_mid_test": "import os\ncalls = []\ndef add(a, b):\n    calls.append(1)\n"
+                                     "    if len(calls) > 1:\n        os._exit(0)\n    return a + b\n",
+    "exit_before_replying": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "exit_0_in_the_call": "def add(a, b):\n    exit(0)\n",
+    "returns_a_huge_list": "def add(a, b):\n    return [a + b] * 10**6\n",
+    "returns_a_deeply_nested_list": "def add(a, b):\n    x = a + b\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+    "returns_a_recursive_list": "def add(a, b):\n    x = [a + b]\n    x.append(x)\n    return x\n",
 }
 
 
-@pytest.mark.parametrize("trick", CLAIMS)
-def test_a_trick_with_a_wrong_answer_scores_0(trick):
-    assert score(WRONG + CLAIMS[trick]) == 0.0
+def test_every_trick_with_a_wrong_answer_scores_0():
+    assert scores({trick: WRONG + code for trick, code in CLAIMS.items()}) == dict.fromkeys(CLAIMS, 0.0)
 
 
-@pytest.mark.parametrize("trick", ["gc_walk_for_token", "ctypes", "tracing", "subprocess"])
-def test_ways_to_reach_the_token_are_blocked(trick):
-    out = check_program(PROMPT + RIGHT + CLAIMS[trick], TEST, **SMALL)
-    assert not out.passed and "is not allowed in the sandbox" in out.stderr
+def test_redefining_a_builtin_the_test_calls_scores_0():
+    # The test runs in the checker's interpreter, where the program's builtins do not reach.
+    test = "def check(candidate):\n    assert abs(candidate(2, 3) - 5) < 1e-9\n"
+    assert score(RIGHT, test=test) == 1.0
+    assert score(WRONG + "import builtins\nbuiltins.abs = lambda x: 0\n", test=test) == 0.0
+
+
+def test_the_lead_forgery_reaches_nothing_now():
+    # It needed the token in the program's own interpreter: there is none, and no hook to trip.
+    out = check_program(PROMPT + WRONG + LEAD_FORGERY.replace("PermissionError", "Exception"), **SMALL)
+    assert not out.passed and "AssertionError" in out.report
+
+
+# A reply forged by the program inside the call (right call id, its own bytes), answering
+# a test that accepts any reply at all: each would pass if the checker took it.
+FORGE = "import os, sys\ndef add(a, b):\n    f = sys._getframe(1).f_locals\n    data = {text!r}.replace('ID', str(f['call_id'])).encode()\n" \
+        "    os.write(f['reply_fd'], {header} + data)\n    return a - b\n"
+ANY_REPLY = "def check(candidate):\n    candidate(2, 3)\n"
+FORGED = {
+    "nested_past_the_cap": "(ID, 'return', " + "[" * 100 + "5" + "]" * 100 + ")",
+    "nested_past_the_parser": "(ID, 'return', " + "[" * 50000 + "]" * 50000 + ")",
+    "over_the_size_cap": "(ID, 'return', [" + "5," * 200000 + "])",
+    "giant_int": "(ID, 'return', " + "9" * 20000 + ")",
+    "code": "(ID, 'return', __import__('os').getpid())",
+    "lambda_call": "(ID, 'return', (lambda: 5)())",
+    "conditional": "(ID, 'return', 5 if 1 else 0)",
+    "ellipsis_of_a_recursive_list": "(ID, 'return', [[...]])",
+    "dict_unpacking": "(ID, 'return', {**{}})",
+    "not_a_reply": "'pass'",
+    "wrong_call_id": "(1, 'return', 5)",
+    "not_ascii": "(ID, 'return', '\u00e9')",
+}
+
+
+def test_forged_replies_that_are_not_plain_data_score_0():
+    programs = {name: FORGE.format(text=text, header="len(data).to_bytes(4, 'big')") for name, text in FORGED.items()}
+    assert scores(programs, test=ANY_REPLY) == dict.fromkeys(FORGED, 0.0)
+
+
+def test_a_forged_header_claiming_gigabytes_scores_0():
+    assert score(FORGE.format(text="x", header="b'\\xff\\xff\\xff\\xff'"), test=ANY_REPLY) == 0.0
+
+
+def test_a_well_formed_forged_reply_is_just_a_returned_value():
+    # The control for the forgeries above: the same route with plain data passes that test,
+    # so their 0 comes from the checker refusing them.
+    assert score(FORGE.format(text="(ID, 'return', 5)", header="len(data).to_bytes(4, 'big')"), test=ANY_REPLY) == 1.0
+
+
+def test_the_program_never_sees_the_test():
+    code = "import gc\nprint(any('assert candidate' in o for o in gc.get_objects() if type(o) is str))\n"
+    out = check_program(PROMPT + RIGHT + code, **SMALL)
+    assert out.passed and out.stdout == "False\n"
+
+
+def test_a_call_that_hangs_is_ended_at_the_deadline():
+    out = check_program(PROMPT + "    while True:\n        pass\n", timeout=2, memory_mb=256, max_procs=16)
+    assert not out.passed and out.status == "timeout" and "deadline" in out.report
+    assert_nothing_left()
+
+
+def test_a_checker_that_hangs_is_ended_from_outside():
+    # A test that never returns stands for a checker stuck for any reason: the harness kills it.
+    out = check_program(PROMPT + RIGHT, test="def check(candidate):\n    while True:\n        pass\n", timeout=1.5,
+                        memory_mb=256, max_procs=16)
+    assert not out.passed and out.status == "timeout" and "harness's deadline" in out.report
+    assert_nothing_left()
 
 
 # Tricks that do not change a correct answer: it still scores 1.
@@ -119,12 +268,17 @@ HARMLESS = {
     "junk_output": "print('FAILED ' * 1000)\n",
     "closes_stdout_and_stderr": "import os\nos.close(1)\nos.close(2)\n",
     "forks_a_sleeper": "import os, time\nif os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\n",
+    "gc_walk": "import gc\nleak = [o for o in gc.get_objects()]\n",
+    "ctypes": "import ctypes\nctypes.CDLL(None)\n",
+    "tracing": "import sys\nsys.settrace(lambda *a: None)\n",
+    "subprocess": "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass'], check=True)\n",
+    "replaces_exec_and_compile": "import builtins\nbuiltins.exec = builtins.compile = None\n",
+    "signal_handler": "import signal\nsignal.signal(signal.SIGALRM, lambda n, f: None)\nsignal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n",
 }
 
 
-@pytest.mark.parametrize("trick", HARMLESS)
-def test_a_trick_with_a_correct_answer_still_scores_1(trick):
-    assert score(RIGHT + HARMLESS[trick]) == 1.0
+def test_every_harmless_trick_with_a_correct_answer_still_scores_1():
+    assert scores({trick: RIGHT + code for trick, code in HARMLESS.items()}) == dict.fromkeys(HARMLESS, 1.0)
     assert_nothing_left()
 
 
@@ -155,7 +309,7 @@ def test_lone_surrogate_in_a_completion_scores_0_without_raising():
 def test_deadline_is_enforced_from_outside():
     code = "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nfor _ in range(3):\n" \
            "    if os.fork() == 0:\n        break\nwhile True:\n    pass\n"
-    out = run_program(code, timeout=1.5, memory_mb=256, max_procs=16)
+    out = check_program(PROMPT + RIGHT + code, timeout=1.5, memory_mb=256, max_procs=16)
     assert not out.passed and out.status == "timeout"  # the program never ends by itself: the harness ended it
     assert_nothing_left()
 
@@ -270,9 +424,9 @@ def test_every_canonical_humaneval_solution_passes():
 
     def canonical(doc):
         program = hooks.build_predictions([[doc["canonical_solution"]]], [doc])[0]
-        return hooks.pass_at_1([f"{doc['test']}\ncheck({doc['entry_point']})"], [program])
+        return hooks.pass_at_1([hooks.humaneval_reference(doc)], [program])
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:  # each scoring mostly waits on process start-up
         scores = dict(zip((d["task_id"] for d in docs), pool.map(canonical, docs)))
     assert len(scores) == 164
     assert [t for t, s in scores.items() if s != 1.0] == []

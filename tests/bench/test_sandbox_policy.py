@@ -12,8 +12,9 @@ from mergekit_reasoning.bench import sandbox
 from mergekit_reasoning.bench.cli import bench
 from mergekit_reasoning.bench.report import markdown_table
 
-PROGRAM = "def add(a, b):\n    return a + b\n"
-TEST = "assert add(2, 3) == 5\n"
+PROMPT = 'def add(a, b):\n    """The sum."""\n'
+PROGRAM = PROMPT + "    return a + b\n"
+TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
 NOTHING = sandbox.Isolation(bwrap=None, cgroup=None, private_uid=False,
                             missing=("bubblewrap (not installed)", "aggregate memory and process limits (no cgroup)"))
 
@@ -28,7 +29,7 @@ def bare_host(monkeypatch):
 
 def test_without_opt_in_scoring_stops_with_one_line_naming_what_is_missing(bare_host):
     with pytest.raises(sandbox.SandboxUnavailable) as err:
-        sandbox.check_program(PROGRAM, TEST)
+        sandbox.check_program(PROGRAM, PROMPT, TEST, "add")
     message = str(err.value)
     assert "\n" not in message
     assert "bubblewrap (not installed)" in message and "no cgroup" in message and "--allow-weak-sandbox" in message
@@ -44,10 +45,10 @@ def test_cli_stops_before_loading_anything(bare_host, tmp_path):
 
 def test_with_opt_in_weak_isolation_still_scores_honestly(bare_host):
     assert sandbox.declare(allow_weak=True).startswith("WEAK, missing bubblewrap (not installed)")
-    assert sandbox.check_program(PROGRAM, TEST).passed
-    out = sandbox.check_program(PROGRAM.replace("+", "-") + "import os\nos._exit(0)\n", TEST)
+    assert sandbox.check_program(PROGRAM, PROMPT, TEST, "add").passed
+    out = sandbox.check_program(PROGRAM.replace("+", "-") + "import os\nos._exit(0)\n", PROMPT, TEST, "add")
     assert not out.passed and out.isolation == "weak"
-    assert not sandbox.check_program(PROGRAM.replace("+", "-") + "exit()\n", TEST).passed
+    assert not sandbox.check_program(PROGRAM.replace("+", "-") + "exit()\n", PROMPT, TEST, "add").passed
 
 
 def test_the_table_shows_the_isolation():

@@ -50,6 +50,22 @@ def test_gsm8k_prompts_filters_and_stops_match_lm_eval():
         assert ours.get("fewshot_config") == theirs.get("fewshot_config")
 
 
+def test_humaneval_prompts_generation_and_stops_match_lm_eval():
+    """Only the scoring path differs: the reference is the doc's prompt, test and entry point."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from mergekit_reasoning.bench.tasks.mkr_hooks import humaneval_reference
+
+    ours = load_yaml(TASKS_DIR / "mkr_humaneval.yaml", resolve_func=False)
+    theirs = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "humaneval" / "humaneval.yaml", resolve_func=False)
+    for key in ("output_type", "test_split", "doc_to_text", "generation_kwargs", "repeats", "num_fewshot", "unsafe_code"):
+        assert ours[key] == theirs[key], key
+    assert [f["name"] for f in ours["filter_list"]] == [f["name"] for f in theirs["filter_list"]] == ["create_test"]
+    assert theirs["doc_to_target"] == "{{test}}\ncheck({{entry_point}})"
+    doc = {"prompt": "def f():\n", "test": "def check(c): pass\n", "entry_point": "f", "canonical_solution": "x"}
+    assert humaneval_reference(doc) == {"prompt": "def f():\n", "test": "def check(c): pass\n", "entry_point": "f"}
+
+
 def test_task_manager_indexes_every_task():
     from lm_eval.tasks import TaskManager
 

@@ -28,18 +28,25 @@ def load_sciq(data_dir=None, **_):
     return data.load("sciq", data_dir)
 
 
+def humaneval_reference(doc):
+    """What the trusted checker runs, straight from the dataset: the prompt (helpers some
+    tests call, e.g. `poly`), the test and the entry point's name."""
+    return {"prompt": doc["prompt"], "test": doc["test"], "entry_point": doc["entry_point"]}
+
+
 def build_predictions(resps, docs):
     """Full programs: the prompt (signature and docstring) followed by each completion."""
     return [[doc["prompt"] + r for r in resp] for resp, doc in zip(resps, docs)]
 
 
 def pass_at_1(references, predictions, **_):
-    """Greedy pass@1 for one problem: the share of its programs that pass in the sandbox.
+    """Greedy pass@1 for one problem: the share of its programs that pass.
 
-    The program (prompt + completion) and the test run as two parts, so a completion
-    cannot swallow the test; a pass needs the sandbox's token, not just a zero exit.
+    Each program (prompt + completion) runs in a sandbox and only answers calls; the
+    dataset's test runs in a separate trusted checker that alone decides the verdict.
     """
-    (test,), (programs,) = references, predictions
+    (reference,), (programs,) = references, predictions
     if isinstance(programs, str):
         programs = [programs]
-    return sum(check_program(str(p), str(test)).passed for p in programs) / max(len(programs), 1)
+    prompt, test, entry_point = (str(reference[k]) for k in ("prompt", "test", "entry_point"))
+    return sum(check_program(str(p), prompt, test, entry_point).passed for p in programs) / max(len(programs), 1)
