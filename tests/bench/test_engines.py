@@ -39,16 +39,25 @@ def model(tmp_path_factory):
         del standins.SHAPES["engines-test"]
 
 
-@pytest.fixture(autouse=True)
-def contained(tmp_path, monkeypatch):
-    """vLLM, torch.compile and triton write caches and sockets under $HOME and /tmp: keep them here."""
-    for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                     ("VLLM_RPC_BASE_PATH", "rpc"), ("TRITON_CACHE_DIR", "triton"), ("XDG_CACHE_HOME", "xdg-cache"),
-                     ("VLLM_CONFIG_ROOT", "vllm-config")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("VLLM_NO_USAGE_STATS", "1")
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
+@pytest.fixture(scope="module", autouse=True)
+def contained(tmp_path_factory):
+    """vLLM, torch.compile, triton and the hash cache write under $HOME and /tmp: keep them here."""
+    import tempfile
+
+    root = tmp_path_factory.mktemp("contained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR (torch's precompiled headers go there)
+        for var, sub in (("TMPDIR", "tmp"), ("MERGEKIT_REASONING_CACHE", "hash-cache"),
+                         ("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                         ("VLLM_RPC_BASE_PATH", "rpc"), ("TRITON_CACHE_DIR", "triton"),
+                         ("XDG_CACHE_HOME", "xdg-cache"), ("VLLM_CONFIG_ROOT", "vllm-config")):
+            (root / sub).mkdir()
+            patch.setenv(var, str(root / sub))
+        patch.setenv("VLLM_NO_USAGE_STATS", "1")
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
+        # Engine core and worker in the scoring process, not two more processes: ~4 GB peak instead of ~7.
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        yield root
 
 
 # --- settings and their checks -------------------------------------------------------------
