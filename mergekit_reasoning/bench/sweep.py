@@ -9,6 +9,7 @@ cache, so rerunning after an interruption redoes nothing finished.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Union
@@ -97,6 +98,11 @@ def run_sweep(
     lams = sorted({float(x) for x in lambdas})
     if not lams:
         raise BenchError("no λ values given")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError(
+            "a λ sweep cannot run under `accelerate launch` (every rank would merge); "
+            "use --engine vllm --data-parallel-size N, or merge once and score the folders with --model"
+        )
     for label, ref in (("target", target), ("sft", sft), ("grpo", grpo)):
         check_model(label, str(ref))
     out = Path(out_dir)

@@ -353,3 +353,12 @@ def test_bench_cli_with_vllm_scores_offline_with_the_same_table_layout(scored, m
     vllm_scores = [(s["metric"], s["value"]) for s in saved["scores"]]
     hf_scores = [(s["metric"], s["value"]) for s in scored[1]["scores"]]
     assert vllm_scores == hf_scores  # 2 SciQ questions, float32: the same choices
+
+
+def test_a_sweep_under_accelerate_launch_is_refused_before_merging(trio, tmp_path, monkeypatch):
+    from mergekit_reasoning.bench import run_sweep
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(BenchError, match="cannot run under `accelerate launch`"):
+        run_sweep(trio["target"], trio["sft"], trio["grpo"], [0, 1], "sciq", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
