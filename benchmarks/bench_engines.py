@@ -89,22 +89,28 @@ def score(engine: str, model: str, args, options: dict) -> dict:
 
 
 def agreement(a: dict, b: dict) -> dict:
-    """How many samples the two engines answered alike, per kind of output."""
-    same_raw = same_answer = total = 0
+    """How many outputs the two engines have alike: raw output per document, answer per (document, filter).
+
+    lm-eval logs one row per document and filter; a generative task's raw output is the
+    generation, a multiple-choice task's is the choice with the highest log-likelihood.
+    """
+    raw, answers = {}, {}
     for name, rows in a.items():
-        other = {row["doc_id"]: row for row in b[name]}
+        other = {(row["doc_id"], row.get("filter")): row for row in b[name]}
         for row in rows:
-            twin = other[row["doc_id"]]
-            total += 1
-            if len(row["resps"]) > 1:
-                # multiple choice: one (log-likelihood, is_greedy) per choice; the answer is the best choice
-                pick = lambda r: max(range(len(r["resps"])), key=lambda i: r["resps"][i][0][0])  # noqa: E731
-                same_raw += pick(row) == pick(twin)
-                same_answer += pick(row) == pick(twin)
+            twin = other[(row["doc_id"], row.get("filter"))]
+            if len(row["resps"]) > 1:  # multiple choice: one [[log-likelihood, is_greedy]] per choice
+                same = _choice(row) == _choice(twin)
+                raw[(name, row["doc_id"])] = answers[(name, row["doc_id"], row.get("filter"))] = same
             else:
-                same_raw += row["resps"] == twin["resps"]
-                same_answer += row["filtered_resps"] == twin["filtered_resps"]
-    return {"total": total, "same_raw": same_raw, "same_answer": same_answer}
+                raw[(name, row["doc_id"])] = row["resps"] == twin["resps"]
+                answers[(name, row["doc_id"], row.get("filter"))] = row["filtered_resps"] == twin["filtered_resps"]
+    return {"documents": len(raw), "same_raw": sum(raw.values()),
+            "answers": len(answers), "same_answer": sum(answers.values())}
+
+
+def _choice(row) -> int:
+    return max(range(len(row["resps"])), key=lambda i: row["resps"][i][0][0])
 
 
 def main() -> None:
@@ -171,8 +177,8 @@ def main() -> None:
             "| engine | seconds | peak RSS, process tree (GB) | peak PSS (GB) |", "|---|---|---|---|",
             f"| hf | {hf['seconds']:.1f} | {hf['peak_rss_gb']:.2f} | {hf['peak_pss_gb']:.2f} |",
             f"| vllm | {vllm['seconds']:.1f} | {vllm['peak_rss_gb']:.2f} | {vllm['peak_pss_gb']:.2f} |",
-            f"\nhf / vllm time: **{ratio:.2f}×**. Outputs alike: {agree['same_raw']}/{agree['total']} raw, "
-            f"{agree['same_answer']}/{agree['total']} extracted answers.\n",
+            f"\nhf / vllm time: **{ratio:.2f}×**. Outputs alike: {agree['same_raw']}/{agree['documents']} raw "
+            f"outputs, {agree['same_answer']}/{agree['answers']} extracted answers (one per document and filter).\n",
         ]
         with open(args.results, "a") as f:
             f.write("\n".join(lines))

@@ -295,6 +295,37 @@ def _recording(monkeypatch):
 
 
 @needs_vllm
+def test_vllm_engine_options_reach_vllm_llm(model, monkeypatch):
+    """Through lm-eval's VLLM class to vllm.LLM's keyword arguments, which vLLM's EngineArgs all know."""
+    import dataclasses
+
+    from lm_eval.models import vllm_causallms
+    from vllm import EngineArgs
+
+    from mergekit_reasoning.bench.engines import engine_settings, make_lm
+
+    seen = {}
+
+    def recording_llm(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(vllm_causallms, "LLM", recording_llm)
+    settings = engine_settings("vllm", "bfloat16", "auto", None, tensor_parallel_size=2,
+                               gpu_memory_utilization=0.5, max_model_len=1024, enforce_eager=True)
+    with pytest.raises(BenchError, match="cannot load model 'm' from .*: RuntimeError: recorded"):
+        make_lm("m", model, settings)
+    ours = {"model": model, "dtype": "bfloat16", "tensor_parallel_size": 2, "gpu_memory_utilization": 0.5,
+            "max_model_len": 1024, "enforce_eager": True, "generation_config": "vllm"}
+    assert {k: seen[k] for k in ours} == ours
+    assert set(ours) <= {f.name for f in dataclasses.fields(EngineArgs)}
+    if importlib.util.find_spec("ray") is None:  # lm-eval's data parallel path is taken, and asks for Ray
+        settings = engine_settings("vllm", "auto", "auto", None, data_parallel_size=2)
+        with pytest.raises(BenchError, match="ray is required for data parallelism"):
+            make_lm("m", model, settings)
+
+
+@needs_vllm
 def test_both_engines_receive_identical_requests_and_greedy_answers_agree(model, fixture_data, tmp_path, monkeypatch):
     """Same prompts, few-shot examples, stop sequences (in the generate_until arguments) for hf and vllm."""
     from mergekit_reasoning.bench import registry
