@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from . import registry
-from .conditions import Condition, parse_conditions
-from .errors import BenchError
 from .children import is_main_rank, score_in_children
+from .conditions import Condition, parse_conditions
 from .engines import engine_settings, score_identity
+from .errors import BenchError
 from .identity import check_model, model_identity, package_versions
 from .results import jsonable, load_unit, unit_key
 
@@ -124,7 +124,8 @@ def run_bench(
     for unit in units:
         if load_unit(cache_dir, key_of(*unit)) is None:
             todo.setdefault(unit[0], {}).setdefault(unit[1], []).append(unit)
-    log.info("%d of %d scoring units already done", len(units) - sum(len(u) for c in todo.values() for u in c.values()), len(units))
+    missing = sum(len(u) for per in todo.values() for u in per.values())
+    log.info("%d of %d scoring units already done", len(units) - missing, len(units))
 
     if todo:
         score_in_children(models, todo, key_of, out, settings, engine_cfg, progress)
