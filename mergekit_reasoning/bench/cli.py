@@ -36,7 +36,17 @@ def _batch(value: str):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies laid out like shared/data (default: the hub).")
 @click.option("--limit", type=int, help="Score only the first N examples of each task.")
 @click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
-@click.option("--device", help="cuda, cuda:1, cpu ... (default: cuda if available).")
+@click.option("--device", help="hf engine: cuda, cuda:1, cpu ... (default: cuda if available). vLLM picks its own.")
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="lm-eval's model class: hf (transformers generate) or vllm.")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True,
+              help="Weights' dtype while scoring (auto: the model's own).")
+@click.option("--tensor-parallel-size", type=int, help="vllm: GPUs one model is split over.")
+@click.option("--data-parallel-size", type=int, help="vllm: model replicas, one per group of GPUs (needs ray).")
+@click.option("--gpu-memory-utilization", type=float, help="vllm: fraction of each GPU's memory it may take.")
+@click.option("--max-model-len", type=int, help="vllm: context length (prompt + generation) it reserves for.")
+@click.option("--enforce-eager", is_flag=True, default=None, help="vllm: no CUDA graphs / compilation (fast start, slower run).")
+@click.option("--parallelize", is_flag=True, default=None, help="hf: shard one model over all visible GPUs.")
 @click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
 @click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
 @click.option("--no-plots", is_flag=True)
@@ -47,7 +57,9 @@ def _batch(value: str):
 @click.option("--sft", help="SFT model for --sweep.")
 @click.option("--grpo", help="GRPO model for --sweep.")
 def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, out_dir, data_dir, limit,
-          batch_size, device, max_gen_toks, log_samples, no_plots, allow_weak_sandbox, sweep, target, sft, grpo):
+          batch_size, device, engine, dtype, tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
+          max_model_len, enforce_eager, parallelize, max_gen_toks, log_samples, no_plots, allow_weak_sandbox,
+          sweep, target, sft, grpo):
     """Score labelled models (or a λ sweep) on GSM8K, HumanEval, SciQ and BBH.
 
     Writes OUT/table.md, OUT/results.json and OUT/plots/*.png; finished scores are
@@ -58,8 +70,14 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
             conditions=conditions, data_dir=data_dir, limit=limit, adversarial=adversarial,
             adversarial_seed=adversarial_seed, batch_size=_batch(batch_size), device=device,
             max_gen_toks=max_gen_toks, log_samples=log_samples, plots=not no_plots, baseline=baseline,
-            allow_weak_sandbox=allow_weak_sandbox,
+            allow_weak_sandbox=allow_weak_sandbox, engine=engine, dtype=dtype,
         )
+        engine_options = dict(
+            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            enforce_eager=enforce_eager, parallelize=parallelize,
+        )
+        options.update({k: v for k, v in engine_options.items() if v is not None})
         if sweep:
             if models:
                 raise BenchError("--sweep and --model cannot be combined")
@@ -77,7 +95,8 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
                 raise BenchError("give at least one --model LABEL=PATH (or --sweep)")
             from .runner import run_bench
 
-            run_bench(_labelled(models), tasks, out_dir=out_dir, **options)
+            if run_bench(_labelled(models), tasks, out_dir=out_dir, **options) is None:
+                return  # a non-zero rank under `accelerate launch`: rank 0 reports
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:

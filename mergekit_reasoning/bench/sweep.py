@@ -9,6 +9,7 @@ cache, so rerunning after an interruption redoes nothing finished.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Union
@@ -81,13 +82,15 @@ def run_sweep(
     tasks: Union[str, Iterable[str]] = ("gsm8k", "humaneval", "sciq", "bbh"),
     out_dir: Union[str, Path] = "bench-sweep",
     *,
-    dtype: str = "bfloat16",
+    merge_dtype: str = "bfloat16",
     plots: bool = True,
     **bench_options,
 ) -> dict:
     """Merge each λ (λ = 0 is the target itself), score all of them, plot score against λ.
 
-    Extra keyword options go to `run_bench` (conditions, data_dir, limit, ...).
+    `merge_dtype` is the dtype the merged models are written in. Extra keyword options
+    go to `run_bench` (conditions, data_dir, limit, engine, dtype — the scoring dtype —,
+    engine options such as tensor_parallel_size, ...); each λ is scored in its own process.
     """
     from .plots import plot_sweep
     from .runner import run_bench
@@ -95,15 +98,20 @@ def run_sweep(
     lams = sorted({float(x) for x in lambdas})
     if not lams:
         raise BenchError("no λ values given")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError(
+            "a λ sweep cannot run under `accelerate launch` (every rank would merge); "
+            "use --engine vllm --data-parallel-size N, or merge once and score the folders with --model"
+        )
     for label, ref in (("target", target), ("sft", sft), ("grpo", grpo)):
         check_model(label, str(ref))
     out = Path(out_dir)
-    merged = merge_lambdas(target, sft, grpo, [lam for lam in lams if lam != 0], out / "merges", dtype)
+    merged = merge_lambdas(target, sft, grpo, [lam for lam in lams if lam != 0], out / "merges", merge_dtype)
     models: Dict[str, str] = {lambda_label(lam): str(target if lam == 0 else merged[lam]) for lam in lams}
     baseline = bench_options.pop("baseline", None) or (lambda_label(0.0) if 0.0 in lams else None)
     document = run_bench(
         models, tasks, out_dir=out, baseline=baseline, plots=plots,
-        extra={"sweep": {"lambdas": lams, "target": str(target), "sft": str(sft), "grpo": str(grpo), "dtype": dtype}},
+        extra={"sweep": {"lambdas": lams, "target": str(target), "sft": str(sft), "grpo": str(grpo), "merge_dtype": merge_dtype}},
         **bench_options,
     )
     if plots:

@@ -90,16 +90,9 @@ def test_plot_is_a_png(run):
 def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_data, monkeypatch):
     """A second run adds a condition: finished (plain) units are reused, only new ones are scored."""
     out, _ = run
-    import lm_eval
+    from .spies import spy_on_children
 
-    scored = []
-    real = lm_eval.simple_evaluate
-
-    def spy(*a, **k):
-        scored.append((tuple(k["tasks"]), k["apply_chat_template"], k["system_instruction"]))
-        return real(*a, **k)
-
-    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    jobs = spy_on_children(monkeypatch)
     args = [f"--model={k}={v}" for k, v in labelled.items() if k != "plus"]
     args += ["--tasks", "sciq,humaneval", "--conditions", "plain,think+chat", "--out", str(out),
              "--data-dir", str(fixture_data), "--limit", "1", "--max-gen-toks", "4", "--log-samples",
@@ -107,7 +100,11 @@ def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_d
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     assert "| minus | base | Δ base |" in result.output
-    assert len(scored) == 2 and all(s[1] and s[2] for s in scored)
+    scored = [
+        (tuple(u["name"] for u in r["units"]), r["condition"]["chat"], r["condition"]["prompt"] == "think")
+        for job in jobs for r in job["runs"]
+    ]
+    assert len(jobs) == 2 and len(scored) == 2 and all(s[1] and s[2] for s in scored)
     assert all(set(s[0]) == {"mkr_sciq", "mkr_humaneval"} for s in scored)
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["conditions"] == ["plain", "think+chat"]

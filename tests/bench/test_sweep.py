@@ -12,24 +12,20 @@ LAMBDAS = [0.0, 0.5, 1.0]
 
 
 def _spies(monkeypatch):
-    import lm_eval
-
     from mergekit_reasoning import stream
 
+    from .spies import spy_on_children
+
     calls = {"merge": [], "score": [], "passes": 0}
-    real_merge, real_eval = stream.merge, lm_eval.simple_evaluate
+    real_merge = stream.merge
 
     def merge(checked, outs, options, *, lambdas=None, **k):
         calls["merge"].extend(lambdas)
         calls["passes"] += 1
         return real_merge(checked, outs, options, lambdas=lambdas, **k)
 
-    def score(*a, **k):
-        calls["score"].append(k["model"].pretrained if hasattr(k["model"], "pretrained") else k["model"])
-        return real_eval(*a, **k)
-
     monkeypatch.setattr(stream, "merge", merge)
-    monkeypatch.setattr(lm_eval, "simple_evaluate", score)
+    calls["score"] = spy_on_children(monkeypatch)  # one job per model scored, in its own process
     return calls
 
 
