@@ -147,9 +147,9 @@ def test_merges_are_reproducible_and_verifiable(trio, tmp_path):
 
 
 def test_vector_from_another_shape_is_refused(trio, make_model, tmp_path):
-    wide_grpo = make_model("wide-grpo", like_seed=3, shape="qwen2.5-1.5b", num_layers=1, tokenizer=False)
-    wide_sft = make_model("wide-sft", like_seed=2, shape="qwen2.5-1.5b", num_layers=1, tokenizer=False)
-    extract(wide_grpo, wide_sft, tmp_path / "v")
+    # Qwen2.5-1.5B's widths; the mismatch under test is the hidden size, so a short vocabulary will do.
+    wide = dict(shape="qwen2.5-1.5b", num_layers=1, vocab_rows=1024, tokenizer=False)
+    extract(make_model("wide-grpo", like_seed=3, **wide), make_model("wide-sft", like_seed=2, **wide), tmp_path / "v")
     result = invoke("check", write_recipe(tmp_path, vector_recipe(trio["target"], tmp_path / "v")))
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: model {tmp_path / 'v'}: hidden_size is 1536, but the target {trio['target']} has 64"
