@@ -84,7 +84,7 @@ def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare.")
 @click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
               help="sparse keeps only nonzero entries, compact for sharing; `densify` restores the dense folder.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the new vector is complete.")
 def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
     """Write the reasoning vector GRPO − SFT as a shareable folder."""
     from mergekit_reasoning.vectors import Sparsify, extract as extract_vector
@@ -100,7 +100,7 @@ def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the dense folder is complete.")
 def densify(source, out, overwrite):
     """Turn a sparse vector folder back into the dense folder that recipes apply."""
     from mergekit_reasoning.vectors import densify as densify_vector
@@ -150,7 +150,7 @@ def verify(folder, check_inputs, remerge):
 @main.command()
 @click.argument("recipes", type=click.Path(path_type=Path, exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="One output folder per recipe, named after it.")
-@click.option("--cuda", is_flag=True)
+@click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU.")
 def regenerate(recipes, out_dir, cuda):
     """Re-merge the recipes whose text or inputs changed; skip the rest."""
     from mergekit_reasoning.regenerate import regenerate as run
@@ -164,7 +164,9 @@ def regenerate(recipes, out_dir, cuda):
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where to put the stand-in models and the merge (default: a temporary folder).")
-@click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True)
+@click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True,
+              help="Stand-in sizes: tiny (seconds), or Qwen2.5-1.5B's real widths and 151,936-row vocabulary with "
+                   "two layers (about 2 GB of disk, under 2 GB of memory).")
 def demo(workdir, shape):
     """Merge small stand-in models offline with the stock mergekit-yaml and check the result."""
     from mergekit_reasoning.demo import run_demo
