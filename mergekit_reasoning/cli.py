@@ -166,7 +166,7 @@ def regenerate(recipes, out_dir, cuda):
               help="Where to put the stand-in models and the merge (default: a temporary folder).")
 @click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True,
               help="Stand-in sizes: tiny (seconds), or Qwen2.5-1.5B's real widths and 151,936-row vocabulary with "
-                   "two layers (about 2 GB of disk, under 2 GB of memory).")
+                   "two layers (about 2 GB of disk and 3 GB of memory, a minute or two).")
 def demo(workdir, shape):
     """Merge small stand-in models offline with the stock mergekit-yaml and check the result."""
     from mergekit_reasoning.demo import run_demo
