@@ -9,6 +9,13 @@ from pathlib import Path
 import click
 
 
+def _hub_or_offline() -> None:
+    """Before reading models: if the hub is out of reach, say so now rather than retry."""
+    from mergekit_reasoning.offline import go_offline_if_unreachable
+
+    go_offline_if_unreachable(lambda line: click.echo(line, err=True))
+
+
 @click.group()
 @click.version_option(package_name="mergekit-reasoning")
 def main():
@@ -19,6 +26,7 @@ def main():
 @click.argument("recipe", type=click.Path(path_type=Path))
 def check(recipe: Path):
     """Check a recipe and its models without merging anything."""
+    _hub_or_offline()
     from mergekit_reasoning.recipe import check_recipe, load_recipe
 
     checked = check_recipe(*load_recipe(recipe))
@@ -42,6 +50,7 @@ def check(recipe: Path):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
+    _hub_or_offline()
     from mergekit_reasoning.readahead import advise, available_memory, recipe_model_dirs
 
     advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
@@ -84,9 +93,10 @@ def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare.")
 @click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
               help="sparse keeps only nonzero entries, compact for sharing; `densify` restores the dense folder.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the new vector is complete.")
 def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
     """Write the reasoning vector GRPO − SFT as a shareable folder."""
+    _hub_or_offline()
     from mergekit_reasoning.vectors import Sparsify, extract as extract_vector
 
     plan = Sparsify(sparsify, density, seed) if sparsify else None
@@ -100,7 +110,7 @@ def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the dense folder is complete.")
 def densify(source, out, overwrite):
     """Turn a sparse vector folder back into the dense folder that recipes apply."""
     from mergekit_reasoning.vectors import densify as densify_vector
@@ -139,6 +149,8 @@ def verify(folder, check_inputs, remerge):
     """Check a merge (or a vector folder) against its manifest; name every shard that differs."""
     from mergekit_reasoning.verify import verify_folder
 
+    if check_inputs or remerge:
+        _hub_or_offline()
     problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge, options_factory=_options)
     for problem in problems:
         click.echo(f"{folder}: {problem}", err=True)
@@ -150,9 +162,10 @@ def verify(folder, check_inputs, remerge):
 @main.command()
 @click.argument("recipes", type=click.Path(path_type=Path, exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="One output folder per recipe, named after it.")
-@click.option("--cuda", is_flag=True)
+@click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU.")
 def regenerate(recipes, out_dir, cuda):
     """Re-merge the recipes whose text or inputs changed; skip the rest."""
+    _hub_or_offline()
     from mergekit_reasoning.regenerate import regenerate as run
 
     outcome = run(recipes, out_dir, _options(cuda=cuda, quiet=True), echo=click.echo)
@@ -164,7 +177,9 @@ def regenerate(recipes, out_dir, cuda):
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where to put the stand-in models and the merge (default: a temporary folder).")
-@click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True)
+@click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True,
+              help="Stand-in sizes: tiny (seconds), or Qwen2.5-1.5B's real widths and 151,936-row vocabulary with "
+                   "two layers (about 2 GB of disk and 3 GB of memory, a minute or two).")
 def demo(workdir, shape):
     """Merge small stand-in models offline with the stock mergekit-yaml and check the result."""
     from mergekit_reasoning.demo import run_demo

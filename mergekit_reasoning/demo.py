@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import yaml
 
@@ -66,23 +66,24 @@ def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Calla
 
 
 def check_against_reference(out: Path, models: dict, lam: float) -> dict:
-    """Compare each merged tensor with target + λ·(grpo − sft) computed in float64."""
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.reference import exact_merge, ulp_error
-    from mergekit_reasoning.vectors import dense_tensors
+    """Compare each merged tensor with target + λ·(grpo − sft) computed in float64.
 
-    merged, target, grpo, sft = (
-        dict(dense_tensors(Path(p), {})) for p in (out, models["target"], models["grpo"], models["sft"])
-    )
+    Tensors are read and compared one at a time, block by block, so the check
+    needs a few blocks of memory beside one tensor of each model, whatever the
+    model's size.
+    """
+    from mergekit_reasoning.errors import RecipeError
+    from mergekit_reasoning.reference import compare_with_exact
+
+    merged, target, grpo, sft = (tensor_files(Path(p)) for p in (out, models["target"], models["grpo"], models["sft"]))
     if set(merged) != set(target):
         raise RecipeError(f"merged tensors differ from the target's: {sorted(set(merged) ^ set(target))[:3]}")
     worst, exact, total, dtype = 0.0, 0, 0, None
-    for name, value in merged.items():
-        reference = exact_merge(target[name], [(grpo[name], sft[name], lam)])
-        worst = max(worst, ulp_error(value, reference))
-        exact += int((value == reference.to(value.dtype)).sum())
-        total += value.numel()
-        dtype = value.dtype
+    for name in sorted(merged):
+        value = read_tensor(merged, name)
+        error, equal = compare_with_exact(value, read_tensor(target, name), [(read_tensor(grpo, name), read_tensor(sft, name), lam)])
+        worst, exact, total, dtype = max(worst, error), exact + equal, total + value.numel(), value.dtype
+        del value
     if worst > 1.0:
         raise RecipeError(f"merged weights are {worst:.2f} ulp from the float64 reference (at most 1 allowed)")
     config = json.loads((out / "config.json").read_text())
@@ -94,3 +95,22 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
         "tied": bool(config.get("tie_word_embeddings")),
         "has_lm_head": "lm_head.weight" in merged,
     }
+
+
+def tensor_files(folder: Path) -> Dict[str, Path]:
+    """Which safetensors file of `folder` holds each tensor (read from the headers)."""
+    from safetensors import safe_open
+
+    files = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            files.update(dict.fromkeys(handle.keys(), file))
+    return files
+
+
+def read_tensor(files: Dict[str, Path], name: str):
+    """One tensor, its file opened and closed around it so no mapping outlives it."""
+    from safetensors import safe_open
+
+    with safe_open(str(files[name]), framework="pt") as handle:
+        return handle.get_tensor(name)

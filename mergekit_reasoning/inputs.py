@@ -9,7 +9,7 @@ from mergekit.io.tasks import LoaderCache
 
 from mergekit_reasoning.compat import ModelInfo, read_model_info, shard_problem
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vectors import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
+from mergekit_reasoning.vector_manifest import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
 
 
 def loader(ref: ModelReference):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
@@ -61,11 +63,38 @@ def tensor_shapes(
         yield "lm_head.weight", (vocab_rows, h)
 
 
-def _random(name: str, size: Tuple[int, ...], seed: int, scale: float) -> torch.Tensor:
-    # One generator per tensor keeps a tensor's values independent of the others,
-    # so models with different layer counts or vocabularies share what they share.
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)) * 7919 + len(name))
-    return torch.randn(size, generator=gen, dtype=torch.float32).mul_(scale)
+ROW_BLOCK = 4096  # rows drawn per generator: blocks are independent, so they fill in parallel
+
+
+def _generator(name: str, seed: int, block: int) -> torch.Generator:
+    # One generator per (tensor, row block) keeps a tensor's values independent of the
+    # others and of the tensor's length, so models with different layer counts or
+    # vocabularies share what they share.
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}#{block}".encode()))
+
+
+def _weight(
+    name: str, size: Tuple[int, ...], seed: int, like_seed: Optional[int], noise: float, dtype: torch.dtype, pool
+) -> torch.Tensor:
+    """One stand-in weight: ones for norms, else N(0, 0.02²); plus a relative `noise`
+    perturbation drawn from `like_seed`. Made in blocks of rows, rounded once to `dtype`,
+    so the float32 work never holds more than a few blocks."""
+    out = torch.empty(size, dtype=dtype)
+    norm = name.endswith("norm.weight")
+
+    def fill(block: int) -> None:
+        rows = slice(block * ROW_BLOCK, min((block + 1) * ROW_BLOCK, size[0]))
+        shape = (rows.stop - rows.start, *size[1:])
+        if norm:
+            weight = torch.ones(shape)
+        else:
+            weight = torch.randn(shape, generator=_generator(name, seed, block)).mul_(0.02)
+        if like_seed is not None:
+            weight.add_(torch.randn(shape, generator=_generator(name, like_seed, block)).mul_(0.02 * noise))
+        out[rows] = weight.to(dtype)
+
+    list(pool.map(fill, range(-(-size[0] // ROW_BLOCK))))
+    return out
 
 
 def write_standin(
@@ -89,6 +118,7 @@ def write_standin(
     target, SFT and GRPO stand-ins come to differ. `vocab_rows` resizes the
     vocabulary (rows past the shared ones are fresh random rows);
     `max_shard_bytes` splits the weights into shards with an index, as the hub does.
+    Each shard is written as soon as it is full, so memory holds one shard at most.
     """
     from safetensors.torch import save_file
 
@@ -98,32 +128,37 @@ def write_standin(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
 
-    shards: list[Dict[str, torch.Tensor]] = [{}]
-    shard_bytes = 0
-    for name, size in tensor_shapes(spec, num_layers, vocab_rows=rows, tied=tied):
-        if name.endswith("norm.weight"):
-            weight = torch.ones(size)
-        else:
-            weight = _random(name, size, seed, 0.02)
-        if like_seed is not None:
-            weight.add_(_random(name, size, like_seed, 0.02 * noise))
-        tensor = weight.to(dtype)
-        nbytes = tensor.numel() * tensor.element_size()
-        if max_shard_bytes and shards[-1] and shard_bytes + nbytes > max_shard_bytes:
-            shards.append({})
-            shard_bytes = 0
-        shards[-1][name] = tensor
-        shard_bytes += nbytes
+    written: list[Tuple[Path, list]] = []  # (file under a provisional name, its tensor names)
+    shard: Dict[str, torch.Tensor] = {}
+    shard_bytes = total = 0
 
-    if len(shards) == 1:
-        save_file(shards[0], out / "model.safetensors", metadata={"format": "pt"})
+    def flush() -> None:
+        file = out / f"shard-{len(written) + 1}.partial"
+        save_file(shard, file, metadata={"format": "pt"})
+        written.append((file, list(shard)))
+        shard.clear()
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="standin") as pool:
+        for name, size in tensor_shapes(spec, num_layers, vocab_rows=rows, tied=tied):
+            tensor = _weight(name, size, seed, like_seed, noise, dtype, pool)
+            nbytes = tensor.numel() * tensor.element_size()
+            if max_shard_bytes and shard and shard_bytes + nbytes > max_shard_bytes:
+                flush()
+                shard_bytes = 0
+            shard[name] = tensor
+            shard_bytes += nbytes
+            total += nbytes
+            del tensor
+        flush()
+
+    if len(written) == 1:
+        written[0][0].rename(out / "model.safetensors")
     else:
         weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, out / file, metadata={"format": "pt"})
-            weight_map.update({name: file for name in shard})
-        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        for i, (partial, names) in enumerate(written, 1):
+            file = f"model-{i:05d}-of-{len(written):05d}.safetensors"
+            partial.rename(out / file)
+            weight_map.update(dict.fromkeys(names, file))
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
@@ -165,7 +200,7 @@ def _write_config(out: Path, spec: Shape, num_layers: int, rows: int, tied: bool
         "attention_dropout": 0.0,
         "bos_token_id": 0,
         "eos_token_id": 1,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(

@@ -78,25 +78,35 @@ def merge(
                 ))
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
+        _close_inputs()
     for out, manifest in zip(outs, manifests):  # now in place: scoring them needs no re-read
         for name, digest in manifest["outputs"].items():
             remember_sha256(out / name, digest)
     return outs
 
 
+def _close_inputs() -> None:
+    """Close the shard each input loader holds open: its mapped pages would otherwise
+    stay in this process's memory after the merge, while a Python caller goes on
+    (to score the output, say)."""
+    from mergekit.io.tasks import LoaderCache
+
+    LoaderCache().flush_all()
+
+
 def _plan(checked: CheckedRecipe, options, out: Path):
     """mergekit's own plan of the output tensors (its SaveTensor tasks), config and architecture."""
     from mergekit.architecture import get_architecture_info
     from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import _model_out_config
     from mergekit.plan import MergePlanner
 
+    from mergekit_reasoning.mergekit_private import model_out_config
     from mergekit_reasoning.method import own_executor
 
     config = checked.config.model_copy(deep=True)
     LoaderCache().setup(options=options)
     arch_info = get_architecture_info(config, options)
-    cfg_out = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    cfg_out = model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
     with own_executor():
         planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
         plan = [t for t in planner.plan_to_disk(out_path=str(out)) if type(t).__name__ == "SaveTensor"]
@@ -186,7 +196,8 @@ def _writer(path: Path, options):
 def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, options, *, name: str) -> None:
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
-    from mergekit.merge import _copy_tagalong_files, _copy_tokenizer
+
+    from mergekit_reasoning.mergekit_private import copy_tagalong_files, copy_tokenizer
 
     config = checked.config
     cfg_out.save_pretrained(str(path))
@@ -196,7 +207,7 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
         (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
     if options.copy_tokenizer:
         try:
-            _copy_tokenizer(config, str(path), options=options)
+            copy_tokenizer(config, str(path), options=options)
         except Exception as error:  # as mergekit-yaml: the weights are still good
             LOG.error("Failed to copy the tokenizer (%s); copy it from the target yourself.", error)
-    _copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)
+    copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)

@@ -29,7 +29,8 @@ def group_of(name: str) -> Tuple[str, str]:
 
 def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
     """Dense tensors of a vector folder, sparse storage included."""
-    from mergekit_reasoning.vectors import dense_tensors, read_manifest
+    from mergekit_reasoning.vector_manifest import read_manifest
+    from mergekit_reasoning.vectors import dense_tensors
 
     if not any(Path(folder).glob("*.safetensors")):
         raise RecipeError(f"{folder}: no safetensors shards")
@@ -41,6 +42,16 @@ def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
         raise RecipeError(f"{folder}: cannot read: {error}") from None
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 21) -> float:
+    """Σ a·b in float64, a block of elements at a time: float64 copies of a 150k-row
+    embedding would take 1.9 GB each."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = 0.0
+    for start in range(0, a.numel(), block):
+        total += float(torch.dot(a[start : start + block].double(), b[start : start + block].double()))
+    return total
+
+
 def vector_stats(vector: Path, target: Optional[Path] = None, other: Optional[Path] = None) -> Dict:
     """Norms per layer and per module, sizes relative to `target`, cosine with `other`."""
     target_tensors = _lazy(target)
@@ -48,22 +59,20 @@ def vector_stats(vector: Path, target: Optional[Path] = None, other: Optional[Pa
     per_layer: Dict[str, Dict[str, float]] = defaultdict(lambda: defaultdict(float))
     per_module: Dict[str, Dict[str, float]] = defaultdict(lambda: defaultdict(float))
     totals: Dict[str, float] = defaultdict(float)
-    for name, value in tensors(vector):
-        v = value.double()
-        entry = {"sq": float(v.square().sum()), "n": v.numel(), "zeros": int((v == 0).sum())}
+    for name, v in tensors(vector):
+        entry = {"sq": _dot(v, v), "n": v.numel(), "zeros": int((v == 0).sum())}
         if target_tensors is not None:
             t = target_tensors(name)
             if t is not None:
-                t = t.double()
                 rows = min(t.shape[0], v.shape[0]) if t.shape != v.shape else None
-                entry["target_sq"] = float((t[:rows] if rows else t).square().sum())
+                t = t[:rows] if rows else t
+                entry["target_sq"] = _dot(t, t)
         if other_tensors is not None:
             o = other_tensors(name)
             if o is None or o.shape != v.shape:
                 raise RecipeError(f"vector {other}: tensor {name} is missing or shaped differently")
-            o = o.double()
-            entry["dot"] = float((v * o).sum())
-            entry["other_sq"] = float(o.square().sum())
+            entry["dot"] = _dot(v, o)
+            entry["other_sq"] = _dot(o, o)
         layer, module = group_of(name)
         buckets = [per_layer[layer], totals]
         if layer.isdigit():
@@ -135,7 +144,7 @@ def plot(stats: Dict, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RecipeError("plotting needs matplotlib: pip install 'mergekit-reasoning[plot]'") from None
+        raise RecipeError("plotting needs matplotlib: pip install '.[plot]' in a clone of mergekit-reasoning") from None
     layers = sorted((k for k in stats["layers"] if k.isdigit()), key=int)
     metrics = [m for m in ("norm", "relative_to_target", "cosine") if m in stats["total"]]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.6 * len(metrics)), squeeze=False)

@@ -23,13 +23,10 @@ import torch
 from mergekit_reasoning.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.staging import refuse_non_empty, staged
+from mergekit_reasoning.vector_manifest import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
 
-MANIFEST = "reasoning_vector.json"
-FORMAT = "mergekit-reasoning/vector"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPARSIFY = ("magnitude", "dare")
 STORAGES = ("dense", "sparse")
-INDICES, VALUES = ".nonzero_indices", ".nonzero_values"
 
 
 @dataclass(frozen=True)
@@ -117,9 +114,7 @@ def extract(
                 full = g.to(torch.float32, copy=True)
                 full.sub_(s)  # the same float32 difference the merge kernel computes
                 stored = (sparsify.apply(name, full) if sparsify else full).to(DTYPES[dtype])
-                full_norm = float(full.double().norm())
-                error = float((stored.double() - full.double()).norm())
-                norm = float(stored.double().norm())
+                norm, full_norm, error = _norms(stored, full)
                 tensors[name] = {
                     "shape": list(stored.shape),
                     "dtype": dtype,
@@ -157,6 +152,18 @@ def extract(
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _norms(stored: torch.Tensor, full: torch.Tensor, block: int = 1 << 21):
+    """‖stored‖, ‖full‖ and ‖stored − full‖ in float64, a block of elements at a time:
+    float64 copies of a 150k-row embedding would take 1.9 GB each."""
+    squares = [0.0, 0.0, 0.0]
+    stored, full = stored.reshape(-1), full.reshape(-1)
+    for start in range(0, full.numel(), block):
+        s, f = stored[start : start + block].double(), full[start : start + block].double()
+        for i, part in enumerate((s, f, s - f)):
+            squares[i] += float(part.square().sum())
+    return tuple(math.sqrt(x) for x in squares)
 
 
 def _stored_tensors(name: str, tensor: torch.Tensor, storage: str):
@@ -220,66 +227,3 @@ def _source(ref) -> Dict:
 
     _, revision = local_folder(ref)
     return {"model": str(ref), "revision": revision}
-
-
-def read_manifest(folder: Path) -> Optional[Dict]:
-    """The folder's vector manifest, or None for an ordinary model folder."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RecipeError(f"vector {folder}: {MANIFEST} is not valid JSON: {error}") from None
-    if manifest.get("format") != FORMAT:
-        raise RecipeError(f"vector {folder}: {MANIFEST} is not a mergekit-reasoning vector manifest")
-    return manifest
-
-
-def check_roles_and_dtypes(roles, manifests, load_dtype: Optional[str]) -> None:
-    """`role: vector` exactly for vector folders, and no narrowing of a stored vector on load.
-
-    `roles` holds (model, role) pairs and `manifests` each model's vector manifest
-    or None. Loading a float32 vector as bfloat16 would round it before the
-    arithmetic, so a narrower `dtype` is refused.
-    """
-    for model, role in roles:
-        manifest = manifests.get(model)
-        if role == "vector" and manifest is None:
-            raise RecipeError(f"model {model} has role vector but is not a vector folder (no {MANIFEST})")
-        if manifest is not None and manifest.get("storage") == "sparse":
-            raise RecipeError(sparse_message(model))
-        if role != "vector" and manifest is not None:
-            raise RecipeError(f"model {model} is a vector folder: give it `role: vector`, not {role!r}")
-        if manifest is not None and load_dtype is not None:
-            stored, load = DTYPES.get(manifest["dtype"]), getattr(torch, str(load_dtype).removeprefix("torch."), None)
-            if stored is not None and load is not None and torch.finfo(load).bits < torch.finfo(stored).bits:
-                raise RecipeError(
-                    f"vector {model} is stored in {manifest['dtype']} but the recipe loads inputs as "
-                    f"{load_dtype}; remove `dtype` (keep `out_dtype`) so the vector is used as stored"
-                )
-
-
-def sparse_message(model) -> str:
-    return f"vector {model} is stored sparse, for sharing: run `mergekit-reasoning densify {model} DIR` and apply DIR"
-
-
-def check_against_shards(label: str, manifest: Dict, info) -> None:
-    """The manifest must describe the shards beside it: same tensors, shapes, dtypes."""
-    listed, stored = manifest["tensors"], info.shapes
-    if manifest.get("storage") == "sparse":
-        for name in listed:
-            indices, values = stored.get(name + INDICES), stored.get(name + VALUES)
-            if indices is None or values is None or indices != values:
-                raise RecipeError(f"vector {label}: the sparse entries of {name} are missing or do not match")
-        return
-    for name in sorted(set(listed) | set(stored)):
-        if name not in stored:
-            raise RecipeError(f"vector {label}: manifest lists {name}, which no shard holds")
-        if name not in listed:
-            raise RecipeError(f"vector {label}: shards hold {name}, which the manifest does not list")
-        if list(stored[name]) != list(listed[name]["shape"]):
-            raise RecipeError(
-                f"vector {label}: {name} has shape {list(stored[name])} in its shard, "
-                f"but the manifest says {listed[name]['shape']}"
-            )

@@ -10,7 +10,7 @@ from mergekit_reasoning.errors import RecipeError
 def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = False, options_factory: Callable = None) -> List[str]:
     """Every problem found, one line each; an empty list means the folder is as recorded."""
     from mergekit_reasoning import manifest as merges
-    from mergekit_reasoning import vectors
+    from mergekit_reasoning import vector_manifest as vectors
 
     folder = Path(folder)
     vector = vectors.read_manifest(folder)
@@ -29,7 +29,7 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
 def _vector_problems(folder: Path, manifest) -> List[str]:
     from mergekit_reasoning.compat import read_model_info
     from mergekit_reasoning.manifest import shard_problems
-    from mergekit_reasoning.vectors import check_against_shards
+    from mergekit_reasoning.vector_manifest import check_against_shards
 
     problems = shard_problems(folder, manifest["shards"])
     if not problems:

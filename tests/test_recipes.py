@@ -6,9 +6,9 @@ import yaml
 from conftest import RECIPES
 from helpers import read_tensors
 from mergekit_runs import run_stock
+from mergekit_reasoning.demo import read_tensor, tensor_files
 from mergekit_reasoning.recipe import parse_recipe, retarget
 from mergekit_reasoning.reference import bound_ratio
-from mergekit_reasoning.standins import write_trio
 
 SHIPPED = sorted(p.name for p in RECIPES.glob("*.yml"))
 
@@ -42,16 +42,19 @@ def test_recipe_runs_on_stand_ins(name, trio, untied_trio, tmp_path):
         assert bound_ratio(value, t[key], [(g[key], s[key], lam)]) <= 1.0, key
 
 
-def test_add_recipe_on_qwen2_5_1_5b_shapes(tmp_path):
+def test_add_recipe_on_qwen2_5_1_5b_shapes(qwen_trio, tmp_path):
     """Real hidden size, MLP width and 151936 vocabulary rows; one layer instead of 28."""
-    models = write_trio(tmp_path / "models", shape="qwen2.5-1.5b", num_layers=1)
+    models = qwen_trio
     data = yaml.safe_load((RECIPES / "qwen1.5b_add.yml").read_text())
     recipe = retarget(data, str(models["target"]), {"grpo": str(models["grpo"]), "sft": str(models["sft"])})
     out = run_stock(recipe, tmp_path / "out")
-    merged = read_tensors(out)
-    assert merged["model.embed_tokens.weight"].shape == (151936, 1536)
-    assert merged["model.layers.0.mlp.up_proj.weight"].shape == (8960, 1536)
-    assert "lm_head.weight" not in merged
-    t, g, s = (read_tensors(models[r]) for r in ("target", "grpo", "sft"))
-    for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.k_proj.weight", "model.norm.weight"):
-        assert bound_ratio(merged[key], t[key], [(g[key], s[key], 1.0)]) <= 1.0, key
+    merged = tensor_files(out)
+    assert "lm_head.weight" not in merged and set(merged) == set(tensor_files(models["target"]))
+    inputs = [tensor_files(models[r]) for r in ("target", "grpo", "sft")]
+    # Tensor by tensor, so memory holds one tensor of each model and a few float64 blocks.
+    for key in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.k_proj.weight", "model.norm.weight"):
+        value = read_tensor(merged, key)
+        t, g, s = (read_tensor(files, key) for files in inputs)
+        assert value.shape == t.shape == {"model.embed_tokens.weight": (151936, 1536)}.get(key, t.shape)
+        assert bound_ratio(value, t, [(g, s, 1.0)]) <= 1.0, key
+    assert read_tensor(merged, "model.layers.0.mlp.up_proj.weight").shape == (8960, 1536)

@@ -147,9 +147,9 @@ def test_merges_are_reproducible_and_verifiable(trio, tmp_path):
 
 
 def test_vector_from_another_shape_is_refused(trio, make_model, tmp_path):
-    wide_grpo = make_model("wide-grpo", like_seed=3, shape="qwen2.5-1.5b", num_layers=1, tokenizer=False)
-    wide_sft = make_model("wide-sft", like_seed=2, shape="qwen2.5-1.5b", num_layers=1, tokenizer=False)
-    extract(wide_grpo, wide_sft, tmp_path / "v")
+    # Qwen2.5-1.5B's widths; the mismatch under test is the hidden size, so a short vocabulary will do.
+    wide = dict(shape="qwen2.5-1.5b", num_layers=1, vocab_rows=1024, tokenizer=False)
+    extract(make_model("wide-grpo", like_seed=3, **wide), make_model("wide-sft", like_seed=2, **wide), tmp_path / "v")
     result = invoke("check", write_recipe(tmp_path, vector_recipe(trio["target"], tmp_path / "v")))
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: model {tmp_path / 'v'}: hidden_size is 1536, but the target {trio['target']} has 64"
@@ -243,3 +243,16 @@ def test_a_sparse_folder_is_refused_with_a_pointer_to_densify(trio, tmp_path):
     )
     with pytest.raises(RecipeError, match="is stored sparse"):
         run_stock(vector_recipe(trio["target"], tmp_path / "v"), tmp_path / "out")
+
+
+def test_blockwise_float64_sums_equal_the_whole_tensor_ones():
+    """inspect and extract sum in float64 block by block (big embeddings are never copied whole)."""
+    from mergekit_reasoning.vector_stats import _dot
+    from mergekit_reasoning.vectors import _norms
+
+    x, y = (torch.randn(3000, 700, generator=torch.Generator().manual_seed(s)).to(torch.bfloat16) for s in (1, 2))
+    whole = float((x.double() * y.double()).sum())
+    assert _dot(x, y, block=1 << 18) == pytest.approx(whole, rel=1e-12)  # eight blocks and a partial one
+    full = y.float()
+    norms = _norms(x, full, block=1 << 18)
+    assert norms == pytest.approx((float(x.double().norm()), float(full.double().norm()), float((x.double() - full.double()).norm())), rel=1e-12)

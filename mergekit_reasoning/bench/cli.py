@@ -30,10 +30,12 @@ def _batch(value: str):
 @click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="Comma list of gsm8k (= gsm8k_cot,gsm8k_5shot), gsm8k_cot, gsm8k_5shot, humaneval, sciq, bbh.")
 @click.option("--conditions", default="plain", show_default=True, help="Comma list of plain, think, chat, think+chat.")
 @click.option("--adversarial", is_flag=True, help="Also score GSM8K with seeded distractor sentences.")
-@click.option("--adversarial-seed", default=0, show_default=True)
+@click.option("--adversarial-seed", default=0, show_default=True, help="Seed that picks and places the distractor sentences.")
 @click.option("--baseline", help="Label the deltas are taken against (default: the first model).")
-@click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies laid out like shared/data (default: the hub).")
+@click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for table.md, results.json, plots/ and the score cache.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies of the data instead of the hub: DIR/gsm8k/{train,test}.jsonl, DIR/bbh/<task>.json, "
+                   "DIR/humaneval/HumanEval.jsonl.gz, DIR/sciq/test.jsonl (or validation.jsonl).")
 @click.option("--limit", type=int, help="Score only the first N examples of each task.")
 @click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
 @click.option("--device", help="hf engine: cuda, cuda:1, cpu ... (default: cuda if available). vLLM picks its own.")
@@ -49,7 +51,7 @@ def _batch(value: str):
 @click.option("--parallelize", is_flag=True, default=None, help="hf: shard one model over all visible GPUs.")
 @click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
 @click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
-@click.option("--no-plots", is_flag=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="Score HumanEval even where full sandbox isolation is missing (recorded in the results).")
 @click.option("--sweep", "sweep", help="λ values (comma list): merge and score each; needs --target, --sft, --grpo.")
@@ -101,7 +103,7 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:
         raise click.ClickException(
-            f"{exc.name or exc} is missing: install the benchmark extra, pip install 'mergekit-reasoning[bench]'"
+            f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
         ) from None
     click.echo(open(f"{out_dir}/table.md").read())
     click.echo(f"results: {out_dir}/results.json")

@@ -158,7 +158,7 @@ def lm_class(engine: str):
         from lm_eval.models.vllm_causallms import VLLM
     except ImportError as exc:
         raise BenchError(
-            f"--engine vllm needs vLLM: pip install 'mergekit-reasoning[vllm]' ({type(exc).__name__}: "
+            f"--engine vllm needs vLLM: pip install '.[vllm]' in a clone of mergekit-reasoning ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc.name})"
         ) from exc
     return VLLM

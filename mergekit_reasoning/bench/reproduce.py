@@ -181,7 +181,7 @@ def reproduce_command(recipe, out_dir, tasks, conditions, data_dir, limit, paper
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:
         raise click.ClickException(
-            f"{exc.name or exc} is missing: install the benchmark extra, pip install 'mergekit-reasoning[bench]'"
+            f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
         ) from None
     click.echo(open(f"{out_dir}/table.md").read())
     click.echo(f"results: {out_dir}/results.json")

@@ -1,0 +1,92 @@
+"""The package's shape: what a user reads in --help, how modules depend, what we borrow from mergekit."""
+
+import ast
+from pathlib import Path
+
+import click
+import pytest
+
+from mergekit_reasoning.cli import main
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_reasoning"
+
+
+def _commands(group: click.Group, prefix: str = ""):
+    for name, command in group.commands.items():
+        yield f"{prefix}{name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+
+
+@pytest.mark.parametrize("name,command", sorted(_commands(main), key=lambda c: c[0]), ids=lambda c: str(c))
+def test_every_option_has_help_text(name, command):
+    assert command.help, f"`mergekit-reasoning {name}` has no description"
+    missing = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not missing, f"`mergekit-reasoning {name}`: no help text for {', '.join(missing)}"
+
+
+def _imports(path: Path, modules) -> set:
+    """Sibling modules `path` imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "mergekit_reasoning":
+                continue
+            if len(parts) == 2 and parts[1] in modules:
+                found.add(parts[1])
+            elif len(parts) == 1:
+                found |= {alias.name for alias in node.names if alias.name in modules}
+    return found
+
+
+def test_modules_depend_one_way():
+    """No import circle among the top-level modules, not even through imports inside functions."""
+    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    graph = {name: _imports(path, modules) for name, path in modules.items()}
+    state = {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            if state.get(dep) == "open":
+                cycle = trail[trail.index(dep):] + [dep]
+                pytest.fail(f"import circle: {' -> '.join(cycle)}")
+            if dep not in state:
+                visit(dep, trail + [dep])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_mergekit_helpers_we_borrow_are_where_we_expect():
+    """If a mergekit release moves `_model_out_config`, `_copy_tokenizer` or
+    `_copy_tagalong_files`, this names the helper; mergekit_private.py is the one
+    place to adapt."""
+    from mergekit_reasoning.mergekit_private import helper_problems
+
+    problems = helper_problems()
+    assert not problems, "mergekit changed the private helpers mergekit_private.py wraps: " + "; ".join(problems)
+
+
+def test_a_moved_mergekit_helper_is_one_clear_error(monkeypatch):
+    import mergekit.merge
+
+    from mergekit_reasoning.errors import RecipeError
+    from mergekit_reasoning.mergekit_private import copy_tokenizer, helper_problems
+
+    monkeypatch.delattr(mergekit.merge, "_copy_tokenizer")
+    assert helper_problems() == ["mergekit.merge._copy_tokenizer is gone"]
+    with pytest.raises(RecipeError, match=r"has no mergekit.merge._copy_tokenizer, .* install a supported mergekit"):
+        copy_tokenizer(None, "out", options=None)
+
+
+def test_no_module_outside_mergekit_private_touches_the_private_helpers():
+    from mergekit_reasoning.mergekit_private import HELPERS
+
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "mergekit_private.py":
+            text = path.read_text(encoding="utf-8")
+            assert not [h for h in HELPERS if h in text], f"{path.relative_to(PACKAGE.parent)} uses a private mergekit helper directly"
