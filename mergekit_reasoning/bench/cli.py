@@ -22,46 +22,81 @@ def _labelled(values) -> dict:
 
 
 def _batch(value: str):
-    return value if value == "auto" else int(value)
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise BenchError(f"--batch-size expects a number or 'auto', got {value!r}") from None
+
+
+ENGINE_OPTION_NAMES = (
+    "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager",
+    "parallelize",
+)
+
+# The options every scoring command (bench, reproduce) takes, in the order --help lists them.
+_SCORING_OPTIONS = (
+    click.option("--data-dir", type=click.Path(file_okay=False),
+                 help="Local copies of the data instead of the hub: DIR/gsm8k/{train,test}.jsonl, DIR/bbh/<task>.json, "
+                      "DIR/humaneval/HumanEval.jsonl.gz, DIR/sciq/test.jsonl (or validation.jsonl)."),
+    click.option("--limit", type=int, help="Score only the first N examples of each task."),
+    click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'."),
+    click.option("--device", help="hf engine: cuda, cuda:1, cpu ... (default: cuda if available). vLLM picks its own."),
+    click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+                 help="lm-eval's model class: hf (transformers generate) or vllm."),
+    click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
+                 show_default=True, help="Weights' dtype while scoring (auto: the model's own)."),
+    click.option("--tensor-parallel-size", type=int, help="vllm: GPUs one model is split over."),
+    click.option("--data-parallel-size", type=int, help="vllm: model replicas, one per group of GPUs (needs ray)."),
+    click.option("--gpu-memory-utilization", type=float, help="vllm: fraction of each GPU's memory it may take."),
+    click.option("--max-model-len", type=int, help="vllm: context length (prompt + generation) it reserves for."),
+    click.option("--enforce-eager", is_flag=True, default=None,
+                 help="vllm: no CUDA graphs / compilation (fast start, slower run)."),
+    click.option("--parallelize", is_flag=True, default=None, help="hf: shard one model over all visible GPUs."),
+    click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores)."),
+    click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json."),
+    click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+    click.option("--allow-weak-sandbox", is_flag=True,
+                 help="Score HumanEval even where full sandbox isolation is missing (recorded in the results)."),
+)
+
+
+def scoring_options(command):
+    """Add the shared scoring options to a click command (they arrive as keyword arguments)."""
+    for option in reversed(_SCORING_OPTIONS):
+        command = option(command)
+    return command
+
+
+def scoring_kwargs(*, batch_size, no_plots, **given) -> dict:
+    """run_bench's keyword arguments from the shared options; engine options only where given."""
+    engine_options = {name: given.pop(name) for name in ENGINE_OPTION_NAMES}
+    return {
+        **given,
+        "batch_size": _batch(batch_size),
+        "plots": not no_plots,
+        **{k: v for k, v in engine_options.items() if v is not None},
+    }
 
 
 @click.command("bench")
 @click.option("--model", "models", multiple=True, metavar="LABEL=PATH", help="A labelled model: local folder or hub id. Repeat.")
-@click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="Comma list of gsm8k (= gsm8k_cot,gsm8k_5shot), gsm8k_cot, gsm8k_5shot, humaneval, sciq, bbh.")
+@click.option("--tasks", default=DEFAULT_TASKS, show_default=True,
+              help="Comma list of gsm8k (= gsm8k_cot,gsm8k_5shot), gsm8k_cot, gsm8k_5shot, humaneval, sciq, bbh, bbh_<task>.")
 @click.option("--conditions", default="plain", show_default=True, help="Comma list of plain, think, chat, think+chat.")
 @click.option("--adversarial", is_flag=True, help="Also score GSM8K with seeded distractor sentences.")
 @click.option("--adversarial-seed", default=0, show_default=True, help="Seed that picks and places the distractor sentences.")
 @click.option("--baseline", help="Label the deltas are taken against (default: the first model).")
 @click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for table.md, results.json, plots/ and the score cache.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies of the data instead of the hub: DIR/gsm8k/{train,test}.jsonl, DIR/bbh/<task>.json, "
-                   "DIR/humaneval/HumanEval.jsonl.gz, DIR/sciq/test.jsonl (or validation.jsonl).")
-@click.option("--limit", type=int, help="Score only the first N examples of each task.")
-@click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
-@click.option("--device", help="hf engine: cuda, cuda:1, cpu ... (default: cuda if available). vLLM picks its own.")
-@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
-              help="lm-eval's model class: hf (transformers generate) or vllm.")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True,
-              help="Weights' dtype while scoring (auto: the model's own).")
-@click.option("--tensor-parallel-size", type=int, help="vllm: GPUs one model is split over.")
-@click.option("--data-parallel-size", type=int, help="vllm: model replicas, one per group of GPUs (needs ray).")
-@click.option("--gpu-memory-utilization", type=float, help="vllm: fraction of each GPU's memory it may take.")
-@click.option("--max-model-len", type=int, help="vllm: context length (prompt + generation) it reserves for.")
-@click.option("--enforce-eager", is_flag=True, default=None, help="vllm: no CUDA graphs / compilation (fast start, slower run).")
-@click.option("--parallelize", is_flag=True, default=None, help="hf: shard one model over all visible GPUs.")
-@click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
-@click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--allow-weak-sandbox", is_flag=True,
-              help="Score HumanEval even where full sandbox isolation is missing (recorded in the results).")
+@scoring_options
 @click.option("--sweep", "sweep", help="λ values (comma list): merge and score each; needs --target, --sft, --grpo.")
 @click.option("--target", help="Target (instruct) model for --sweep.")
 @click.option("--sft", help="SFT model for --sweep.")
 @click.option("--grpo", help="GRPO model for --sweep.")
-def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, out_dir, data_dir, limit,
-          batch_size, device, engine, dtype, tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
-          max_model_len, enforce_eager, parallelize, max_gen_toks, log_samples, no_plots, allow_weak_sandbox,
-          sweep, target, sft, grpo):
+def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, out_dir, sweep, target, sft, grpo,
+          **scoring):
     """Score labelled models (or a λ sweep) on GSM8K, HumanEval, SciQ and BBH.
 
     Writes OUT/table.md, OUT/results.json and OUT/plots/*.png; finished scores are
@@ -69,17 +104,9 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
     """
     try:
         options = dict(
-            conditions=conditions, data_dir=data_dir, limit=limit, adversarial=adversarial,
-            adversarial_seed=adversarial_seed, batch_size=_batch(batch_size), device=device,
-            max_gen_toks=max_gen_toks, log_samples=log_samples, plots=not no_plots, baseline=baseline,
-            allow_weak_sandbox=allow_weak_sandbox, engine=engine, dtype=dtype,
+            conditions=conditions, adversarial=adversarial, adversarial_seed=adversarial_seed, baseline=baseline,
+            **scoring_kwargs(**scoring),
         )
-        engine_options = dict(
-            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            enforce_eager=enforce_eager, parallelize=parallelize,
-        )
-        options.update({k: v for k, v in engine_options.items() if v is not None})
         if sweep:
             if models:
                 raise BenchError("--sweep and --model cannot be combined")

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import click
 
 from . import paper, registry
+from .cli import scoring_kwargs, scoring_options
 from .errors import BenchError
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
@@ -144,20 +145,14 @@ def reproduce(
 
 @click.command("reproduce")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", default="reproduce-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default="reproduce-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for table.md, results.json, plots/, the merges and the score cache.")
 @click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="As for bench, e.g. gsm8k_cot,sciq,bbh_navigate.")
 @click.option("--conditions", default=CONDITIONS, show_default=True, help="As for bench; the paper's are plain and think.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Local copies laid out like shared/data (default: the hub).")
-@click.option("--limit", type=int, help="Score only the first N examples of each task.")
 @click.option("--paper-size", default="auto", show_default=True,
               help="Which of the paper's figures to show: auto (from the target's name), 1.5B, or none.")
-@click.option("--batch-size", default="auto", show_default=True, help="Generation batch size or 'auto'.")
-@click.option("--device", help="cuda, cuda:1, cpu ... (default: cuda if available).")
-@click.option("--max-gen-toks", type=int, help="Cap generated tokens (quick checks only; changes scores).")
-@click.option("--log-samples", is_flag=True, help="Keep per-sample outputs in results.json.")
-@click.option("--no-plots", is_flag=True)
-def reproduce_command(recipe, out_dir, tasks, conditions, data_dir, limit, paper_size, batch_size, device,
-                      max_gen_toks, log_samples, no_plots):
+@scoring_options
+def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, **scoring):
     """The paper's table: merge +v and −v from RECIPE, score them and the target, compare with the paper.
 
     Scores the recipe's target (base), target + |λ|·v and target − |λ|·v on GSM8K
@@ -165,18 +160,9 @@ def reproduce_command(recipe, out_dir, tasks, conditions, data_dir, limit, paper
     the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
     OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
     """
-    from .cli import _batch
-
     try:
-        try:
-            batch_size = _batch(batch_size)
-        except ValueError:
-            raise BenchError(f"--batch-size expects a number or 'auto', got {batch_size!r}") from None
-        reproduce(
-            recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size, plots=not no_plots,
-            data_dir=data_dir, limit=limit, batch_size=batch_size, device=device,
-            max_gen_toks=max_gen_toks, log_samples=log_samples,
-        )
+        reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size,
+                  **scoring_kwargs(**scoring))
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:

@@ -41,29 +41,35 @@ def _recipe(folder, trio, shipped="qwen1.5b_add.yml", **changes):
 
 
 class _Calls:
-    """Counts the merges (λ values per pass) and the lm-eval runs that really happen."""
+    """Counts the merges (λ values per pass) and the lm-eval runs that really happen (in scoring children)."""
 
     def __init__(self, monkeypatch):
-        import lm_eval
-
         from mergekit_reasoning import stream
 
-        self.merges, self.scores = [], []
-        real_merge, real_eval = stream.merge, lm_eval.simple_evaluate
+        from .spies import spy_on_children
+
+        self.merges, self.jobs = [], spy_on_children(monkeypatch)
+        real_merge = stream.merge
 
         def merge(checked, outs, options, *, lambdas=None, **k):
             self.merges.append(list(lambdas))
             return real_merge(checked, outs, options, lambdas=lambdas, **k)
 
-        def score(*a, **k):
-            self.scores.append((k["model"].pretrained, k["system_instruction"], tuple(k["tasks"])))
-            return real_eval(*a, **k)
-
         monkeypatch.setattr(stream, "merge", merge)
-        monkeypatch.setattr(lm_eval, "simple_evaluate", score)
+
+    @property
+    def scores(self):
+        """(model, system instruction, lm-eval task names) of each lm-eval run."""
+        from mergekit_reasoning.bench.conditions import Condition
+
+        return [
+            (job["ref"], Condition(**run["condition"]).system_instruction, tuple(u["name"] for u in run["units"]))
+            for job in self.jobs
+            for run in job["runs"]
+        ]
 
     def clear(self):
-        self.merges.clear(), self.scores.clear()
+        self.merges.clear(), self.jobs.clear()
 
 
 @pytest.fixture(scope="module")
