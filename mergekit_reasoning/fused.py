@@ -22,17 +22,26 @@ was checked for both roundings (benchmarks/RESULTS.md).
 One compiled signature serves every call: inputs and outputs are passed as raw
 addresses with a dtype code, so a new pair count or sweep size never recompiles.
 The compiled code is cached on disk (numba's `cache=True`: next to this module,
-or under NUMBA_CACHE_DIR when that is set).
+or under NUMBA_CACHE_DIR when that is set; where neither is writable numba uses
+a per-user cache folder). Threads: all cores, or NUMBA_NUM_THREADS.
 """
 
+import os
 import threading
 from typing import List, Optional, Sequence, Tuple
 
+import numba
 import numpy as np
 import torch
 from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's default is GNU OpenMP when tbb is missing, and a process forked after
+    # it ran is killed as soon as it merges ("fork() called from a process already
+    # using GNU OpenMP"). `forksafe` takes tbb when installed, else numba's own pool.
+    numba.config.THREADING_LAYER = "forksafe"
 
 BF16, FP16, FP32 = 0, 1, 2
 CODES = {torch.bfloat16: BF16, torch.float16: FP16, torch.float32: FP32}

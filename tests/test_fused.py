@@ -9,7 +9,9 @@ the vectorised body and the scalar tail of a tensor).
 """
 
 import logging
+import os
 import platform
+import subprocess
 import sys
 
 import pytest
@@ -242,3 +244,23 @@ def test_without_numba_the_torch_kernel_answers_with_one_note(monkeypatch, caplo
     assert "numba" in caplog.records[0].message
     assert_same_bits(first, fused)
     assert_same_bits(second, fused)
+
+
+def test_a_process_forked_after_a_merge_can_merge(tmp_path):
+    # GNU OpenMP, numba's default threading layer without tbb, kills such a child.
+    # The child compares with numpy: torch's own OpenMP pool is not usable after a fork.
+    script = (
+        "import os, torch\n"
+        "from mergekit_reasoning.kernel import apply_vector_sets\n"
+        "x = torch.randn(50000).to(torch.bfloat16)\n"
+        "apply_vector_sets(x, [(x, x)], [[0.5]], out_dtype=torch.bfloat16)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    (y,) = apply_vector_sets(x, [(x, x)], [[0.5]], out_dtype=torch.bfloat16)\n"
+        "    os._exit(0 if (y.view(torch.int16).numpy() == x.view(torch.int16).numpy()).all() else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
