@@ -246,16 +246,17 @@ def test_without_numba_the_torch_kernel_answers_with_one_note(monkeypatch, caplo
     assert_same_bits(second, fused)
 
 
-def test_a_process_forked_after_a_merge_can_merge(tmp_path):
+def test_a_process_forked_after_a_merge_can_merge():
     # GNU OpenMP, numba's default threading layer without tbb, kills such a child.
     # The child compares with numpy: torch's own OpenMP pool is not usable after a fork.
     script = (
-        "import os, torch\n"
+        "import os, signal, torch\n"
         "from mergekit_reasoning.kernel import apply_vector_sets\n"
         "x = torch.randn(50000).to(torch.bfloat16)\n"
         "apply_vector_sets(x, [(x, x)], [[0.5]], out_dtype=torch.bfloat16)\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
+        "    signal.alarm(200)\n"  # a child that hangs ends itself, not an orphan left behind
         "    (y,) = apply_vector_sets(x, [(x, x)], [[0.5]], out_dtype=torch.bfloat16)\n"
         "    os._exit(0 if (y.view(torch.int16).numpy() == x.view(torch.int16).numpy()).all() else 3)\n"
         "_, status = os.waitpid(pid, 0)\n"
