@@ -12,6 +12,7 @@ machine without numba use the torch code below, which gives the same bits.
 """
 
 import logging
+import math
 import os
 from typing import Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -78,7 +79,7 @@ def apply_vector_sets(
         return results if out_dtype is None else [r.to(out_dtype) for r in results]
 
     outputs = [torch.empty(target.shape, dtype=out_dtype, device=target.device) for _ in lambda_sets]
-    step = max(1, chunk_elements // max(1, target[0].numel()))
+    step = max(1, chunk_elements // max(1, math.prod(target.shape[1:])))  # target[0] fails with no rows
     for start in range(0, target.shape[0], step):
         stop = min(start + step, target.shape[0])
         if shared is None:

@@ -265,3 +265,11 @@ def test_a_process_forked_after_a_merge_can_merge():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape", [(), (0, 4), (1,), (3, 0)])
+def test_scalars_and_empty_tensors(monkeypatch, shape):
+    target, grpo, sft = (hostile(shape, torch.bfloat16, seed) for seed in (1, 2, 3))
+    sets = [[0.5], [1.0]]
+    fused = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16)
+    assert_same_bits(fused, with_torch_kernel(monkeypatch, target, [(grpo, sft)], sets, out_dtype=torch.bfloat16))
