@@ -117,7 +117,7 @@ def fused_module():
     if _fused_module is None:
         try:
             from mergekit_reasoning import fused
-        except ImportError as error:
+        except (ImportError, OSError) as error:  # OSError: llvmlite's library failed to load
             LOG.warning("numba is not available (%s): merging with the torch kernel, same bits, slower", error)
             fused = False
         _fused_module = fused
