@@ -4,8 +4,10 @@ Builds three bf16 stand-ins with Qwen2.5-1.5B's shapes, merges the add recipe
 on the CPU and on the GPU through every path (stock `mergekit-yaml` with and
 without `--cuda`/`--read-to-gpu`, `mergekit-reasoning merge` likewise, and a
 regenerated merge), and requires every GPU output to be bitwise identical to
-the CPU output. Prints a markdown table of wall times and the verdict; exits 1
-if any output differs.
+the CPU output. The CPU reference is the fused kernel (numba) where numba is
+installed; the CPU merge with the torch kernel (MERGEKIT_REASONING_KERNEL=torch)
+is checked against it too, so both CPU kernels and the GPU agree. Prints a
+markdown table of wall times and the verdict; exits 1 if any output differs.
 
     python benchmarks/gpu_check.py --layers 28
     (on the GPU machine, after benchmarks/device_setup.sh here:
@@ -31,9 +33,9 @@ def shard_hashes(folder: Path) -> dict:
     return hash_files(folder, [p.name for p in folder.glob("*.safetensors")], cached=False)
 
 
-def timed(command) -> float:
+def timed(command, env=None) -> float:
     start = time.perf_counter()
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(map(str, command))}\n{done.stderr[-3000:]}")
     return time.perf_counter() - start
@@ -48,6 +50,7 @@ def main():
 
     import torch
 
+    from mergekit_reasoning.kernel import fused_module
     from mergekit_reasoning.recipe import retarget
     from mergekit_reasoning.shipped import recipes_dir
     from mergekit_reasoning.standins import write_trio
@@ -64,8 +67,10 @@ def main():
         recipe.write_text(yaml.safe_dump(retarget(data, str(models["target"]), {r: str(models[r]) for r in ("grpo", "sft")})))
 
         stock, ours = command(MERGEKIT_YAML), command(MERGEKIT_REASONING)
-        runs = {  # name: (command, output folder)
+        torch_kernel = {"MERGEKIT_REASONING_KERNEL": "torch"}
+        runs = {  # name: (command, output folder[, environment])
             "mergekit-yaml (cpu)": (stock + [recipe, work / "o1", "--quiet"], work / "o1"),
+            "mergekit-reasoning merge (cpu, torch kernel)": (ours + ["merge", recipe, work / "o8", "--quiet"], work / "o8", torch_kernel),
             "mergekit-yaml --cuda": (stock + [recipe, work / "o2", "--quiet", "--cuda"], work / "o2"),
             "mergekit-yaml --cuda --read-to-gpu": (stock + [recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"], work / "o3"),
             "mergekit-reasoning merge (cpu)": (ours + ["merge", recipe, work / "o4", "--quiet"], work / "o4"),
@@ -77,12 +82,13 @@ def main():
         if args.cpu_only:
             runs = {name: run for name, run in runs.items() if "cuda" not in name and "gpu" not in name}
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
-        print(f"device: {device}; torch {torch.__version__}; {args.layers} layers\n")
+        cpu_kernel = "fused (numba)" if fused_module() else "torch (numba is not installed)"
+        print(f"device: {device}; torch {torch.__version__}; {args.layers} layers; CPU kernel: {cpu_kernel}\n")
         print("| run | wall s | shards equal to CPU stock |")
         print("| --- | --- | --- |")
         reference, all_equal = None, True
-        for name, (argv, out) in runs.items():
-            wall = timed(argv)
+        for name, (argv, out, *env) in runs.items():
+            wall = timed(argv, *env)
             hashes = shard_hashes(out)
             reference = reference or hashes
             equal = hashes == reference

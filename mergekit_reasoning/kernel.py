@@ -3,15 +3,25 @@
 Both the mergekit method and the streaming executor call `merge_tensor`, so the
 two paths agree bit for bit. Every step is one correctly rounded elementwise
 operation (subtract, scale, add) in float32, or float64 when an input is float64;
-nothing is fused, so CPU and CUDA round identically.
+nothing is contracted into a multiply-add, so CPU and CUDA round identically.
+
+On the CPU, bf16/fp16/fp32 inputs go through `fused.py`: the same operations in
+one pass per block, on all cores (numba). float64, CUDA, other dtypes, and a
+machine without numba use the torch code below, which gives the same bits.
+`MERGEKIT_REASONING_KERNEL=torch` forces the torch code (for comparisons).
 """
 
+import logging
+import math
+import os
 from typing import Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 Vector = Tuple[torch.Tensor, torch.Tensor, float]  # (grpo, sft, lambda)
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per block
+LOG = logging.getLogger(__name__)
+_fused_module = None  # the module once imported; False when numba is missing
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -61,12 +71,15 @@ def apply_vector_sets(
     shared = None
     if vocab_axis is not None and pairs:
         shared = min(t.shape[vocab_axis] for t in (target, *inputs))
+    fused = _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements)
+    if fused is not None:
+        return fused
     if out_dtype is None or target.dim() == 0 or vocab_axis not in (None, 0):
         results = _merge_block(target, pairs, lambda_sets, dtype, shared, vocab_axis)
         return results if out_dtype is None else [r.to(out_dtype) for r in results]
 
     outputs = [torch.empty(target.shape, dtype=out_dtype, device=target.device) for _ in lambda_sets]
-    step = max(1, chunk_elements // max(1, target[0].numel()))
+    step = max(1, chunk_elements // max(1, math.prod(target.shape[1:])))  # target[0] fails with no rows
     for start in range(0, target.shape[0], step):
         stop = min(start + step, target.shape[0])
         if shared is None:
@@ -80,6 +93,35 @@ def apply_vector_sets(
             output[start:stop] = merged
         del block
     return outputs
+
+
+def _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements):
+    """The fused CPU pass when it applies (see the module docstring), else None."""
+    if dtype != torch.float32 or os.environ.get("MERGEKIT_REASONING_KERNEL", "fused") == "torch":
+        return None
+    fused = fused_module()
+    out_dtype = out_dtype or dtype
+    if not fused or not fused.supports([target, *inputs], out_dtype):
+        return None
+    if shared is None:
+        if any(t.shape != target.shape for t in inputs):
+            return None  # the torch code broadcasts or names the mismatch, as it always has
+    elif vocab_axis != 0 or target.dim() == 0 or any(t.shape[1:] != target.shape[1:] for t in inputs):
+        return None
+    return fused.merge(target, pairs, lambda_sets, out_dtype, shared, block=min(fused.BLOCK, max(1, chunk_elements)))
+
+
+def fused_module():
+    """`mergekit_reasoning.fused`, or None (noted once) where numba cannot be imported."""
+    global _fused_module
+    if _fused_module is None:
+        try:
+            from mergekit_reasoning import fused
+        except (ImportError, OSError) as error:  # OSError: llvmlite's library failed to load
+            LOG.warning("numba is not available (%s): merging with the torch kernel, same bits, slower", error)
+            fused = False
+        _fused_module = fused
+    return _fused_module or None
 
 
 def _merge_block(target, pairs, lambda_sets, dtype, rows, vocab_axis) -> List[torch.Tensor]:
