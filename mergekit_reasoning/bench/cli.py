@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import click
 
 from .errors import BenchError
@@ -80,6 +82,24 @@ def scoring_kwargs(*, batch_size, no_plots, **given) -> dict:
     }
 
 
+@contextmanager
+def one_line_errors():
+    """A BenchError, or a missing extra, ends the command with one line and exit status 1."""
+    try:
+        yield
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
+        ) from None
+
+
+def print_table(out_dir) -> None:
+    click.echo(open(f"{out_dir}/table.md").read())
+    click.echo(f"results: {out_dir}/results.json")
+
+
 @click.command("bench")
 @click.option("--model", "models", multiple=True, metavar="LABEL=PATH", help="A labelled model: local folder or hub id. Repeat.")
 @click.option("--tasks", default=DEFAULT_TASKS, show_default=True,
@@ -102,7 +122,7 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
     Writes OUT/table.md, OUT/results.json and OUT/plots/*.png; finished scores are
     cached in OUT/cache, so an interrupted run resumes where it stopped.
     """
-    try:
+    with one_line_errors():
         options = dict(
             conditions=conditions, adversarial=adversarial, adversarial_seed=adversarial_seed, baseline=baseline,
             **scoring_kwargs(**scoring),
@@ -126,11 +146,4 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
 
             if run_bench(_labelled(models), tasks, out_dir=out_dir, **options) is None:
                 return  # a non-zero rank under `accelerate launch`: rank 0 reports
-    except BenchError as exc:
-        raise click.ClickException(str(exc)) from None
-    except ImportError as exc:
-        raise click.ClickException(
-            f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
-        ) from None
-    click.echo(open(f"{out_dir}/table.md").read())
-    click.echo(f"results: {out_dir}/results.json")
+    print_table(out_dir)

@@ -17,7 +17,7 @@ from typing import Optional, Union
 import click
 
 from . import paper, registry
-from .cli import scoring_kwargs, scoring_options
+from .cli import one_line_errors, print_table, scoring_kwargs, scoring_options
 from .errors import BenchError
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
@@ -160,14 +160,7 @@ def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, **scoring)
     the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
     OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
     """
-    try:
+    with one_line_errors():
         reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size,
                   **scoring_kwargs(**scoring))
-    except BenchError as exc:
-        raise click.ClickException(str(exc)) from None
-    except ImportError as exc:
-        raise click.ClickException(
-            f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
-        ) from None
-    click.echo(open(f"{out_dir}/table.md").read())
-    click.echo(f"results: {out_dir}/results.json")
+    print_table(out_dir)
