@@ -112,8 +112,7 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
     """
     import torch
 
-    from mergekit_reasoning import kernel
-
+    from mergekit_reasoning.merge import kernel
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(KERNEL_SHAPE, generator=gen).to(torch.bfloat16)
     grpo = (target.float() + torch.randn(KERNEL_SHAPE, generator=gen) * 1e-3).to(torch.bfloat16)

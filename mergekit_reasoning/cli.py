@@ -27,7 +27,7 @@ def main():
 def check(recipe: Path):
     """Check a recipe and its models without merging anything."""
     _hub_or_offline()
-    from mergekit_reasoning.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
 
     checked = check_recipe(*load_recipe(recipe))
     click.echo(f"target: {checked.config.base_model}")
@@ -51,12 +51,12 @@ def check(recipe: Path):
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
     _hub_or_offline()
-    from mergekit_reasoning.readahead import advise, available_memory, recipe_model_dirs
+    from mergekit_reasoning.merge.readahead import advise, available_memory, recipe_model_dirs
 
     advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
 
-    from mergekit_reasoning import stream
-    from mergekit_reasoning.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
 
     options = _options(cuda, read_to_gpu, out_shard_size, quiet)
     checked = check_recipe(*load_recipe(recipe))
@@ -97,7 +97,7 @@ def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str 
 def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
     """Write the reasoning vector GRPO − SFT as a shareable folder."""
     _hub_or_offline()
-    from mergekit_reasoning.vectors import Sparsify, extract as extract_vector
+    from mergekit_reasoning.vectors.files import Sparsify, extract as extract_vector
 
     plan = Sparsify(sparsify, density, seed) if sparsify else None
     manifest = extract_vector(grpo, sft, out, dtype=dtype, sparsify=plan, storage=storage, overwrite=overwrite,
@@ -113,7 +113,7 @@ def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the dense folder is complete.")
 def densify(source, out, overwrite):
     """Turn a sparse vector folder back into the dense folder that recipes apply."""
-    from mergekit_reasoning.vectors import densify as densify_vector
+    from mergekit_reasoning.vectors.files import densify as densify_vector
 
     densify_vector(source, out, overwrite=overwrite)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
@@ -132,7 +132,7 @@ def inspect_vector(vector, target, compare, plot, as_json):
     """Norms per layer and module, relative size, sparsity, cosine similarity."""
     import json
 
-    from mergekit_reasoning.vector_stats import format_table, plot as plot_stats, vector_stats
+    from mergekit_reasoning.vectors.stats import format_table, plot as plot_stats, vector_stats
 
     stats = vector_stats(vector, target=target, other=compare)
     click.echo(json.dumps(stats, indent=2) if as_json else format_table(stats))
@@ -147,7 +147,7 @@ def inspect_vector(vector, target, compare, plot, as_json):
 @click.option("--remerge", is_flag=True, help="Also merge again from the recorded recipe and compare the shards.")
 def verify(folder, check_inputs, remerge):
     """Check a merge (or a vector folder) against its manifest; name every shard that differs."""
-    from mergekit_reasoning.verify import verify_folder
+    from mergekit_reasoning.repro.verify import verify_folder
 
     if check_inputs or remerge:
         _hub_or_offline()
@@ -166,7 +166,7 @@ def verify(folder, check_inputs, remerge):
 def regenerate(recipes, out_dir, cuda):
     """Re-merge the recipes whose text or inputs changed; skip the rest."""
     _hub_or_offline()
-    from mergekit_reasoning.regenerate import regenerate as run
+    from mergekit_reasoning.repro.regenerate import regenerate as run
 
     outcome = run(recipes, out_dir, _options(cuda=cuda, quiet=True), echo=click.echo)
     click.echo(f"{len(outcome.merged)} merged, {len(outcome.skipped)} unchanged, {len(outcome.failed)} failed")

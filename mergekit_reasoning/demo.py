@@ -29,7 +29,7 @@ def stock_mergekit_yaml() -> list:
 
 def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Callable[[str], None] = print) -> dict:
     from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.recipe import retarget
+    from mergekit_reasoning.merge.recipe import retarget
     from mergekit_reasoning.shipped import recipes_dir
     from mergekit_reasoning.standins import write_trio
 
@@ -73,7 +73,7 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
     model's size.
     """
     from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.reference import compare_with_exact
+    from mergekit_reasoning.merge.reference import compare_with_exact
 
     merged, target, grpo, sft = (tensor_files(Path(p)) for p in (out, models["target"], models["grpo"], models["sft"]))
     if set(merged) != set(target):

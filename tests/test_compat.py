@@ -2,7 +2,7 @@
 
 import pytest
 
-from mergekit_reasoning.compat import EMBED, HEAD, ModelInfo, check_compatible
+from mergekit_reasoning.merge.compat import EMBED, HEAD, ModelInfo, check_compatible
 from mergekit_reasoning.errors import RecipeError
 
 CONFIG = {

@@ -25,25 +25,36 @@ def test_every_option_has_help_text(name, command):
     assert not missing, f"`mergekit-reasoning {name}`: no help text for {', '.join(missing)}"
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imports(path: Path, modules) -> set:
-    """Sibling modules `path` imports, at the top or inside functions."""
+    """The package's modules that `path` imports, at the top or inside functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] != "mergekit_reasoning":
+            if node.module.split(".")[0] != "mergekit_reasoning":
                 continue
-            if len(parts) == 2 and parts[1] in modules:
-                found.add(parts[1])
-            elif len(parts) == 1:
-                found |= {alias.name for alias in node.names if alias.name in modules}
-    return found
+            for alias in node.names:  # `from pkg import module` names a module; else the module itself
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+    return (found & set(modules)) - {_module_name(path)}
 
 
 def test_modules_depend_one_way():
-    """No import circle among the top-level modules, not even through imports inside functions."""
-    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    """No import circle among the package's modules, not even through imports inside functions.
+
+    A subpackage's `__init__` is not counted as importing its modules, since ours hold docstrings only.
+    """
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts}
+    assert "mergekit_reasoning.merge.method" in modules and "mergekit_reasoning.cli" in modules
     graph = {name: _imports(path, modules) for name, path in modules.items()}
+    graph = {name: {dep for dep in deps if not modules[dep].name == "__init__.py" or dep == "mergekit_reasoning"}
+             for name, deps in graph.items()}
     state = {}
 
     def visit(name, trail):
@@ -65,7 +76,7 @@ def test_the_mergekit_helpers_we_borrow_are_where_we_expect():
     """If a mergekit release moves `_model_out_config`, `_copy_tokenizer` or
     `_copy_tagalong_files`, this names the helper; mergekit_private.py is the one
     place to adapt."""
-    from mergekit_reasoning.mergekit_private import helper_problems
+    from mergekit_reasoning.merge.mergekit_private import helper_problems
 
     problems = helper_problems()
     assert not problems, "mergekit changed the private helpers mergekit_private.py wraps: " + "; ".join(problems)
@@ -75,7 +86,7 @@ def test_a_moved_mergekit_helper_is_one_clear_error(monkeypatch):
     import mergekit.merge
 
     from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.mergekit_private import copy_tokenizer, helper_problems
+    from mergekit_reasoning.merge.mergekit_private import copy_tokenizer, helper_problems
 
     monkeypatch.delattr(mergekit.merge, "_copy_tokenizer")
     assert helper_problems() == ["mergekit.merge._copy_tokenizer is gone"]
@@ -84,7 +95,7 @@ def test_a_moved_mergekit_helper_is_one_clear_error(monkeypatch):
 
 
 def test_no_module_outside_mergekit_private_touches_the_private_helpers():
-    from mergekit_reasoning.mergekit_private import HELPERS
+    from mergekit_reasoning.merge.mergekit_private import HELPERS
 
     for path in PACKAGE.rglob("*.py"):
         if path.name != "mergekit_private.py":

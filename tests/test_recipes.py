@@ -7,8 +7,8 @@ from conftest import RECIPES
 from helpers import read_tensors
 from mergekit_runs import run_stock
 from mergekit_reasoning.demo import read_tensor, tensor_files
-from mergekit_reasoning.recipe import parse_recipe, retarget
-from mergekit_reasoning.reference import bound_ratio
+from mergekit_reasoning.merge.recipe import parse_recipe, retarget
+from mergekit_reasoning.merge.reference import bound_ratio
 
 SHIPPED = sorted(p.name for p in RECIPES.glob("*.yml"))
 

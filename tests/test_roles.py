@@ -3,7 +3,7 @@
 import pytest
 
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.roles import pair_donors
+from mergekit_reasoning.merge.roles import pair_donors
 
 
 def pair(roles, vectors=None, lambdas=None):

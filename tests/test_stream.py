@@ -8,7 +8,7 @@ import torch
 from conftest import recipe_dict
 from helpers import assert_bitwise_equal, bits, file_hashes, read_tensors
 from mergekit_runs import mergekit_yaml, ours, run_stock
-from mergekit_reasoning.reference import bound_ratio
+from mergekit_reasoning.merge.reference import bound_ratio
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 
@@ -116,8 +116,7 @@ def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, mon
     """Scoring a fresh merge (the harness hashes what it scores) must not re-read its shards."""
     import hashlib
 
-    from mergekit_reasoning import hashing
-
+    from mergekit_reasoning.repro import hashing
     monkeypatch.setenv("MERGEKIT_REASONING_CACHE", str(tmp_path / "hash-cache"))
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
     done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "1", "--quiet")

@@ -11,7 +11,7 @@ from helpers import assert_bitwise_equal, read_tensors
 from mergekit_runs import ours, run_stock
 from mergekit_reasoning.cli import main
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vectors import Sparsify, extract
+from mergekit_reasoning.vectors.files import Sparsify, extract
 
 
 @pytest.fixture(autouse=True)
@@ -216,8 +216,8 @@ def test_extract_never_overwrites_a_complete_folder(trio, make_model, tmp_path):
 
 
 def test_sparse_storage_is_compact_and_densifies_to_the_dense_folder(trio, tmp_path):
-    from mergekit_reasoning.vector_stats import vector_stats
-    from mergekit_reasoning.vectors import densify
+    from mergekit_reasoning.vectors.stats import vector_stats
+    from mergekit_reasoning.vectors.files import densify
 
     plan = Sparsify("magnitude", 0.1)
     dense = extract(trio["grpo"], trio["sft"], tmp_path / "dense", dtype="bfloat16", sparsify=plan)
@@ -247,8 +247,8 @@ def test_a_sparse_folder_is_refused_with_a_pointer_to_densify(trio, tmp_path):
 
 def test_blockwise_float64_sums_equal_the_whole_tensor_ones():
     """inspect and extract sum in float64 block by block (big embeddings are never copied whole)."""
-    from mergekit_reasoning.vector_stats import _dot
-    from mergekit_reasoning.vectors import _norms
+    from mergekit_reasoning.vectors.stats import _dot
+    from mergekit_reasoning.vectors.files import _norms
 
     x, y = (torch.randn(3000, 700, generator=torch.Generator().manual_seed(s)).to(torch.bfloat16) for s in (1, 2))
     whole = float((x.double() * y.double()).sum())

@@ -44,7 +44,7 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
     import yaml
 
     from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.recipe import load_recipe
+    from mergekit_reasoning.merge.recipe import load_recipe
 
     try:
         text, _ = load_recipe(Path(path))  # mergekit's schema, merge_method and base_model

@@ -59,9 +59,9 @@ def merge_lambdas(target: str, sft: str, grpo: str, lams, out_root: Path, dtype:
     import yaml
     from mergekit.merge import MergeOptions
 
-    from mergekit_reasoning import stream
+    from mergekit_reasoning.merge import stream
     from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.recipe import check_recipe, parse_recipe
+    from mergekit_reasoning.merge.recipe import check_recipe, parse_recipe
 
     text = yaml.safe_dump(merge_config(target, sft, grpo, 1.0, dtype), sort_keys=False)
     try:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mergekit_reasoning.bench import BenchError
 from mergekit_reasoning.bench.paper import comparison_markdown, size_of
 from mergekit_reasoning.cli import main
-from mergekit_reasoning.recipe import retarget
+from mergekit_reasoning.merge.recipe import retarget
 from mergekit_reasoning.shipped import recipes_dir
 
 pytest.importorskip("lm_eval")
@@ -44,8 +44,7 @@ class _Calls:
     """Counts the merges (λ values per pass) and the lm-eval runs that really happen (in scoring children)."""
 
     def __init__(self, monkeypatch):
-        from mergekit_reasoning import stream
-
+        from mergekit_reasoning.merge import stream
         from .spies import spy_on_children
 
         self.merges, self.jobs = [], spy_on_children(monkeypatch)

@@ -12,8 +12,7 @@ LAMBDAS = [0.0, 0.5, 1.0]
 
 
 def _spies(monkeypatch):
-    from mergekit_reasoning import stream
-
+    from mergekit_reasoning.merge import stream
     from .spies import spy_on_children
 
     calls = {"merge": [], "score": [], "passes": 0}

@@ -9,9 +9,8 @@ from mergekit_reasoning.errors import RecipeError
 
 def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = False, options_factory: Callable = None) -> List[str]:
     """Every problem found, one line each; an empty list means the folder is as recorded."""
-    from mergekit_reasoning import manifest as merges
-    from mergekit_reasoning import vector_manifest as vectors
-
+    from mergekit_reasoning.repro import manifest as merges
+    from mergekit_reasoning.vectors import manifest as vectors
     folder = Path(folder)
     vector = vectors.read_manifest(folder)
     if vector is not None:
@@ -27,9 +26,9 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
 
 
 def _vector_problems(folder: Path, manifest) -> List[str]:
-    from mergekit_reasoning.compat import read_model_info
-    from mergekit_reasoning.manifest import shard_problems
-    from mergekit_reasoning.vector_manifest import check_against_shards
+    from mergekit_reasoning.merge.compat import read_model_info
+    from mergekit_reasoning.repro.manifest import shard_problems
+    from mergekit_reasoning.vectors.manifest import check_against_shards
 
     problems = shard_problems(folder, manifest["shards"])
     if not problems:
@@ -47,9 +46,9 @@ def _remerge_problems(folder: Path, recorded, options) -> List[str]:
     """Merge again from the recorded recipe and compare shard hashes."""
     import yaml
 
-    from mergekit_reasoning import stream
-    from mergekit_reasoning.manifest import read_manifest
-    from mergekit_reasoning.recipe import check_recipe, parse_recipe
+    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.repro.manifest import read_manifest
+    from mergekit_reasoning.merge.recipe import check_recipe, parse_recipe
 
     checked = check_recipe(recorded["recipe"], parse_recipe(yaml.safe_load(recorded["recipe"]), source=f"{folder} (recorded recipe)"))
     lam = recorded.get("lambda_override")

@@ -58,9 +58,9 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> Any:
 
 def check_recipe(text: str, config: Any) -> CheckedRecipe:
     """Pair the donors by role and check every model against the target."""
-    from mergekit_reasoning.compat import check_compatible
-    from mergekit_reasoning.inputs import check_roles, model_info
-    from mergekit_reasoning.roles import DEFAULT_VECTOR, pair_donors
+    from mergekit_reasoning.merge.compat import check_compatible
+    from mergekit_reasoning.merge.inputs import check_roles, model_info
+    from mergekit_reasoning.merge.roles import DEFAULT_VECTOR, pair_donors
 
     donors, roles, vectors, lambdas = [], {}, {}, {}
     for entry in _donor_entries(config):

@@ -31,9 +31,9 @@ def recipe_files(source: Path) -> List[Path]:
 
 
 def regenerate(source: Path, out_dir: Path, options, *, echo: Callable[[str], None] = print) -> Outcome:
-    from mergekit_reasoning import stream
-    from mergekit_reasoning.manifest import NAME, describe_inputs, input_key, output_problems, read_manifest
-    from mergekit_reasoning.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.repro.manifest import NAME, describe_inputs, input_key, output_problems, read_manifest
+    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
 
     outcome = Outcome()
     for recipe in recipe_files(source):

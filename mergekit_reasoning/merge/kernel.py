@@ -112,11 +112,11 @@ def _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, 
 
 
 def fused_module():
-    """`mergekit_reasoning.fused`, or None (noted once) where numba cannot be imported."""
+    """`mergekit_reasoning.merge.fused`, or None (noted once) where numba cannot be imported."""
     global _fused_module
     if _fused_module is None:
         try:
-            from mergekit_reasoning import fused
+            from mergekit_reasoning.merge import fused
         except (ImportError, OSError) as error:  # OSError: llvmlite's library failed to load
             LOG.warning("numba is not available (%s): merging with the torch kernel, same bits, slower", error)
             fused = False
@@ -170,7 +170,7 @@ def merge_tensor(
     Returns one tensor for the recipe's λ, or one per value of `lambda_values`
     (a sweep, where each value replaces every vector's λ).
     """
-    from mergekit_reasoning.roles import pair_donors
+    from mergekit_reasoning.merge.roles import pair_donors
 
     pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
     if lambda_values is None:

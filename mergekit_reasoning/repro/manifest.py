@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.hashing import hash_files, model_files, sha256_file
+from mergekit_reasoning.repro.hashing import hash_files, model_files, sha256_file
 
 NAME = "reasoning_merge.json"
 FORMAT = "mergekit-reasoning/merge"
@@ -35,7 +35,7 @@ def package_versions(names=PACKAGES) -> Dict[str, Optional[str]]:
 
 def describe_inputs(checked) -> List[Dict[str, Any]]:
     """Each model the recipe reads: reference, revision and file hashes."""
-    from mergekit_reasoning.inputs import local_folder
+    from mergekit_reasoning.merge.inputs import local_folder
 
     models = []
     for ref, role in input_roles(checked.config.base_model, checked.pairs):
@@ -127,7 +127,7 @@ def input_problems(manifest: Dict) -> List[str]:
     """Inputs whose files no longer hash as they did when the merge was made."""
     from mergekit.common import ModelReference
 
-    from mergekit_reasoning.inputs import local_folder
+    from mergekit_reasoning.merge.inputs import local_folder
 
     problems = []
     for entry in manifest["inputs"]:

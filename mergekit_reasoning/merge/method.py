@@ -25,10 +25,10 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_reasoning.compat import check_compatible
+from mergekit_reasoning.merge.compat import check_compatible
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.kernel import merge_tensor
-from mergekit_reasoning.roles import DEFAULT_VECTOR, Role
+from mergekit_reasoning.merge.kernel import merge_tensor
+from mergekit_reasoning.merge.roles import DEFAULT_VECTOR, Role
 
 NAME = "reasoning_vector"
 
@@ -98,7 +98,7 @@ def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -
     resized vocabularies and untied donors of a tied target need this package's
     own executor, which implements the documented policies for both.
     """
-    from mergekit_reasoning.inputs import model_info
+    from mergekit_reasoning.merge.inputs import model_info
 
     donors = [model_info(ref) for ref in input_ids if ref != base]
     report = check_compatible(model_info(base), donors)
@@ -111,7 +111,7 @@ def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -
 
 @lru_cache(maxsize=None)
 def _check_roles(roles: Tuple[Tuple[str, str], ...]) -> None:
-    from mergekit_reasoning.inputs import check_roles
+    from mergekit_reasoning.merge.inputs import check_roles
 
     check_roles([(ModelReference.model_validate(ref), role) for ref, role in roles])
 

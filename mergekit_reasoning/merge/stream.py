@@ -21,11 +21,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from mergekit_reasoning.compat import HEAD
+from mergekit_reasoning.merge.compat import HEAD
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.hashing import remember_sha256
-from mergekit_reasoning.recipe import CheckedRecipe
-from mergekit_reasoning.staging import refuse_non_empty, staged
+from mergekit_reasoning.repro.hashing import remember_sha256
+from mergekit_reasoning.merge.recipe import CheckedRecipe
+from mergekit_reasoning.repro.staging import refuse_non_empty, staged
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def merge(
     inputs: Optional[List[Dict]] = None,
 ) -> List[Path]:
     """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ)."""
-    from mergekit_reasoning.manifest import describe_inputs, write_manifest
+    from mergekit_reasoning.repro.manifest import describe_inputs, write_manifest
 
     outs = [Path(p) for p in out_paths]
     if lambdas is not None and len(lambdas) != len(outs):
@@ -100,8 +100,8 @@ def _plan(checked: CheckedRecipe, options, out: Path):
     from mergekit.io.tasks import LoaderCache
     from mergekit.plan import MergePlanner
 
-    from mergekit_reasoning.mergekit_private import model_out_config
-    from mergekit_reasoning.method import own_executor
+    from mergekit_reasoning.merge.mergekit_private import model_out_config
+    from mergekit_reasoning.merge.method import own_executor
 
     config = checked.config.model_copy(deep=True)
     LoaderCache().setup(options=options)
@@ -159,7 +159,7 @@ def _load(task) -> Dict:
 
 
 def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch.Tensor]:
-    from mergekit_reasoning.kernel import merge_tensor
+    from mergekit_reasoning.merge.kernel import merge_tensor
 
     donors = [m for m in task.model_order if m != task.base_model]
     params = task.input_parameters
@@ -176,7 +176,7 @@ def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch
 
 
 def _target_names(checked: CheckedRecipe):
-    from mergekit_reasoning.inputs import model_info
+    from mergekit_reasoning.merge.inputs import model_info
 
     return model_info(checked.config.base_model).shapes
 
@@ -197,7 +197,7 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
 
-    from mergekit_reasoning.mergekit_private import copy_tagalong_files, copy_tokenizer
+    from mergekit_reasoning.merge.mergekit_private import copy_tagalong_files, copy_tokenizer
 
     config = checked.config
     cfg_out.save_pretrained(str(path))

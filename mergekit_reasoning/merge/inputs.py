@@ -7,9 +7,9 @@ from typing import Optional, Tuple
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
-from mergekit_reasoning.compat import ModelInfo, read_model_info, shard_problem
+from mergekit_reasoning.merge.compat import ModelInfo, read_model_info, shard_problem
 from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vector_manifest import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
+from mergekit_reasoning.vectors.manifest import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
 
 
 def loader(ref: ModelReference):

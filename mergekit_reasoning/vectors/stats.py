@@ -29,8 +29,8 @@ def group_of(name: str) -> Tuple[str, str]:
 
 def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
     """Dense tensors of a vector folder, sparse storage included."""
-    from mergekit_reasoning.vector_manifest import read_manifest
-    from mergekit_reasoning.vectors import dense_tensors
+    from mergekit_reasoning.vectors.manifest import read_manifest
+    from mergekit_reasoning.vectors.files import dense_tensors
 
     if not any(Path(folder).glob("*.safetensors")):
         raise RecipeError(f"{folder}: no safetensors shards")
