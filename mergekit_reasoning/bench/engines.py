@@ -9,7 +9,6 @@ build cache keys without importing torch, lm-eval or vLLM.
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from typing import Any, Dict, Optional, Union
 
 from .errors import BenchError
@@ -106,13 +105,9 @@ def resolved_device(settings: dict) -> str:
 
 
 def engine_versions(engine: str) -> Dict[str, Optional[str]]:
-    out = {}
-    for name in ENGINE_PACKAGES[engine]:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from mergekit_reasoning.repro.manifest import package_versions
+
+    return package_versions(ENGINE_PACKAGES[engine])
 
 
 def score_identity(settings: dict) -> dict:

@@ -3,9 +3,7 @@ from pathlib import Path
 
 import pytest
 
-# Nothing here may reach the hub: fail fast instead of waiting on the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The hub is switched off for every test by tests/conftest.py; only this is bench's own.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
