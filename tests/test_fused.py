@@ -272,3 +272,47 @@ def test_scalars_and_empty_tensors(monkeypatch, shape):
     sets = [[0.5], [1.0]]
     fused = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16)
     assert_same_bits(fused, with_torch_kernel(monkeypatch, target, [(grpo, sft)], sets, out_dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("lams", [[1.0], [0.37, -1.0, 0.0]])
+def test_results_written_in_place_are_the_returned_bits(lams):
+    """The mapped writer hands the kernel views into the output file: same bits as a new tensor."""
+    gen = torch.Generator().manual_seed(11)
+    target, grpo, sft = (torch.randn(300, 70, generator=gen).to(torch.bfloat16) for _ in range(3))
+    sets = [[lam] for lam in lams]
+    expected = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16)
+    backing = torch.full((len(lams) * target.numel() + 5,), 7, dtype=torch.bfloat16)
+    outs = [backing[1 + i * target.numel(): 1 + (i + 1) * target.numel()].view(target.shape) for i in range(len(lams))]
+    got = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16, out=outs)
+    assert all(g is o for g, o in zip(got, outs))
+    for e, o in zip(expected, outs):
+        assert torch.equal(bits(e), bits(o))
+    assert backing[0].item() == 7 and backing[-4:].eq(7).all()  # nothing written outside the views
+
+
+def test_in_place_output_in_another_dtype_is_rounded_as_to_would():
+    gen = torch.Generator().manual_seed(12)
+    target, grpo, sft = (torch.randn(64, 33, generator=gen).to(torch.bfloat16) for _ in range(3))
+    roles = {"g": "grpo", "s": "sft"}
+    args = (target, {"g": grpo, "s": sft}, roles, {"g": "reasoning", "s": "reasoning"}, {"g": 0.7, "s": 0.7})
+    (plain,) = merge_tensor(*args, name="w")
+    out = torch.empty(target.shape, dtype=torch.float16)
+    merge_tensor(*args, name="w", out=[out])
+    assert torch.equal(bits(out), bits(plain.to(torch.float16)))
+
+
+def test_in_place_outputs_that_do_not_fit_are_refused():
+    t = torch.zeros(4, 4, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="shape"):
+        apply_vector_sets(t, [(t, t)], [[1.0]], out_dtype=torch.bfloat16, out=[torch.empty(16, dtype=torch.bfloat16)])
+    with pytest.raises(ValueError, match="out_dtype"):
+        apply_vector_sets(t, [(t, t)], [[1.0]], out_dtype=torch.bfloat16, out=[torch.empty(4, 4)])
+
+
+def test_a_strided_in_place_output_gets_the_same_bits_through_torch():
+    gen = torch.Generator().manual_seed(13)
+    target, grpo, sft = (torch.randn(40, 30, generator=gen).to(torch.bfloat16) for _ in range(3))
+    (expected,) = apply_vector_sets(target, [(grpo, sft)], [[0.3]], out_dtype=torch.bfloat16)
+    strided = torch.empty(30, 40, dtype=torch.bfloat16).t()  # not contiguous: the fused pass declines it
+    apply_vector_sets(target, [(grpo, sft)], [[0.3]], out_dtype=torch.bfloat16, out=[strided])
+    assert torch.equal(bits(strided.contiguous()), bits(expected))

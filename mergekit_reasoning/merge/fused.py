@@ -217,10 +217,13 @@ def merge(
     out_dtype: torch.dtype,
     shared_rows: Optional[int] = None,
     block: int = BLOCK,
+    outputs: Optional[Sequence[torch.Tensor]] = None,
 ) -> List[torch.Tensor]:
     """One output per λ set, as `kernel._merge_block` computes and then rounds it.
 
     With `shared_rows`, the pairs apply to the first that many rows (axis 0) only.
+    `outputs`, when given, are written in place (contiguous, `out_dtype`, the
+    target's shape), such as views into a mapped output file.
     Callers check `supports` and the shapes first.
     """
     inputs = [target.detach().contiguous()]
@@ -242,7 +245,12 @@ def merge(
             lambdas[j, p] = torch.tensor(lam, dtype=torch.float32).item()  # as the torch kernel rounds it
     size = target.numel()
     shared = size if shared_rows is None else shared_rows * (size // target.shape[0] if target.shape[0] else 0)
-    outputs = [torch.empty(target.shape, dtype=out_dtype) for _ in lambda_sets]
+    if outputs is None:
+        outputs = [torch.empty(target.shape, dtype=out_dtype) for _ in lambda_sets]
+    elif len(outputs) != len(lambda_sets) or any(
+        o.dtype != out_dtype or o.shape != target.shape or not o.is_contiguous() or o.device.type != "cpu" for o in outputs
+    ):
+        raise ValueError("outputs must be one contiguous CPU tensor per λ set, in out_dtype and the target's shape")
     with _lock:
         _merge(
             np.array([t.data_ptr() for t in inputs], np.int64),

@@ -54,6 +54,7 @@ def apply_vector_sets(
     vocab_axis: Optional[int] = None,
     out_dtype: Optional[torch.dtype] = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    out: Optional[Sequence[torch.Tensor]] = None,
 ) -> List[torch.Tensor]:
     """One merged tensor per set of λs (one λ per pair), computing each difference once.
 
@@ -65,15 +66,28 @@ def apply_vector_sets(
     Without `out_dtype` the results stay in the compute dtype. With it, the work
     runs in blocks of rows rounded straight into the outputs, so a 150k-row
     embedding never exists in float32 whole; elementwise, the bits are the same.
+    `out` (one tensor per λ set, in `out_dtype`) receives the results in place.
     """
+    if out is not None:
+        if out_dtype is None or len(out) != len(lambda_sets) or any(o.dtype != out_dtype for o in out):
+            raise ValueError("out needs out_dtype and one tensor of that dtype per λ set")
+        if any(o.shape != target.shape for o in out):
+            raise ValueError(f"out must have the target's shape {tuple(target.shape)}")
     inputs = [x for pair in pairs for x in pair if x is not None]
     dtype = compute_dtype(target, *inputs)
     shared = None
     if vocab_axis is not None and pairs:
         shared = min(t.shape[vocab_axis] for t in (target, *inputs))
-    fused = _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements)
+    fused = _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements, out)
     if fused is not None:
         return fused
+    if out is not None:
+        results = apply_vector_sets(
+            target, pairs, lambda_sets, vocab_axis=vocab_axis, out_dtype=out_dtype, chunk_elements=chunk_elements
+        )
+        for destination, result in zip(out, results):
+            destination.copy_(result)
+        return list(out)
     if out_dtype is None or target.dim() == 0 or vocab_axis not in (None, 0):
         results = _merge_block(target, pairs, lambda_sets, dtype, shared, vocab_axis)
         return results if out_dtype is None else [r.to(out_dtype) for r in results]
@@ -95,20 +109,23 @@ def apply_vector_sets(
     return outputs
 
 
-def _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements):
+def _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, out_dtype, chunk_elements, out=None):
     """The fused CPU pass when it applies (see the module docstring), else None."""
     if dtype != torch.float32 or os.environ.get("MERGEKIT_REASONING_KERNEL", "fused") == "torch":
         return None
     fused = fused_module()
     out_dtype = out_dtype or dtype
-    if not fused or not fused.supports([target, *inputs], out_dtype):
+    if not fused or not fused.supports([target, *inputs, *(out or [])], out_dtype):
+        return None
+    if out is not None and not all(o.is_contiguous() for o in out):
         return None
     if shared is None:
         if any(t.shape != target.shape for t in inputs):
             return None  # the torch code broadcasts or names the mismatch, as it always has
     elif vocab_axis != 0 or target.dim() == 0 or any(t.shape[1:] != target.shape[1:] for t in inputs):
         return None
-    return fused.merge(target, pairs, lambda_sets, out_dtype, shared, block=min(fused.BLOCK, max(1, chunk_elements)))
+    block = min(fused.BLOCK, max(1, chunk_elements))
+    return fused.merge(target, pairs, lambda_sets, out_dtype, shared, block=block, outputs=out)
 
 
 def fused_module():
@@ -164,11 +181,14 @@ def merge_tensor(
     name: str,
     vocab_axis: Optional[int] = None,
     lambda_values: Optional[Sequence[float]] = None,
+    out: Optional[Sequence[torch.Tensor]] = None,
 ) -> List[torch.Tensor]:
     """One output tensor, in the target's dtype, for both executors.
 
     Returns one tensor for the recipe's λ, or one per value of `lambda_values`
-    (a sweep, where each value replaces every vector's λ).
+    (a sweep, where each value replaces every vector's λ). With `out`, the results
+    are written into those tensors and converted to their dtype exactly as
+    `.to(dtype)` would convert the returned ones.
     """
     from mergekit_reasoning.merge.roles import pair_donors
 
@@ -181,10 +201,11 @@ def merge_tensor(
     out_dtype = target.dtype
     for tensor in donors.values():
         out_dtype = torch.promote_types(out_dtype, tensor.dtype)
-    return apply_vector_sets(
-        target,
-        [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs],
-        lambda_sets,
-        vocab_axis=vocab_axis,
-        out_dtype=out_dtype,
-    )
+    vector_pairs = [(donors[p.grpo], None if p.sft is None else donors[p.sft]) for p in pairs]
+    if out is not None and any(o.dtype != out_dtype for o in out):
+        # Rounded to the inputs' dtype first, then to the asked one: two roundings, as `.to()` after.
+        results = apply_vector_sets(target, vector_pairs, lambda_sets, vocab_axis=vocab_axis, out_dtype=out_dtype)
+        for destination, result in zip(out, results):
+            destination.copy_(result)
+        return list(out)
+    return apply_vector_sets(target, vector_pairs, lambda_sets, vocab_axis=vocab_axis, out_dtype=out_dtype, out=out)
