@@ -138,3 +138,110 @@ def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, mon
     shard.write_bytes(shard.read_bytes())  # same bytes, new file identity: must be hashed afresh
     with pytest.raises(AssertionError, match="read again"):
         hashing.cached_sha256(shard)
+
+
+def _merge_in_process(recipe: dict, tmp_path, name: str, *, lambdas=None, shard="5B"):
+    import yaml
+
+    from mergekit_reasoning.cli import _options
+    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
+
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    root = tmp_path / name
+    outs = [root / f"lambda_{lam:g}" for lam in lambdas] if lambdas else [root]
+    stream.merge(check_recipe(*load_recipe(path)), outs, _options(out_shard_size=shard, quiet=True), lambdas=lambdas)
+    return outs
+
+
+SCENARIOS = {
+    "plain": dict(),
+    "sharded": dict(shard="20K"),
+    "sweep": dict(lambdas=[-1.0, 0.5, 1.0]),
+    "resized vocabulary": dict(grpo_rows=480),
+    "tied target, untied donors": dict(untied_donors=True),
+    "float16 out of bfloat16 inputs": dict(extra={"out_dtype": "float16"}),
+    "loaded as float32": dict(extra={"dtype": "float32"}),
+    "no dtypes given": dict(extra={"dtype": None, "out_dtype": None}),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, trio, untied_trio, make_model, tmp_path, monkeypatch):
+    """Every file of the output, the manifest's hashes included, as the mergekit-writer path made them."""
+    from mergekit_reasoning.merge import stream
+
+    spec = SCENARIOS[scenario]
+    grpo, sft = (untied_trio["grpo"], untied_trio["sft"]) if spec.get("untied_donors") else (trio["grpo"], trio["sft"])
+    if spec.get("grpo_rows"):
+        grpo = make_model("grpo-resized", like_seed=3, vocab_rows=spec["grpo_rows"])
+    recipe = recipe_dict(trio["target"], grpo, sft, 0.7)
+    recipe.update(spec.get("extra", {}))
+    recipe = {k: v for k, v in recipe.items() if v is not None}
+    kwargs = {k: spec[k] for k in ("lambdas", "shard") if k in spec}
+
+    made = []
+
+    class Spy(stream.MappedShards):
+        def __init__(self, *args, **kw):
+            made.append(args[0])
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(stream, "MappedShards", Spy)
+    mapped = _merge_in_process(recipe, tmp_path, "mapped", **kwargs)
+    assert len(made) == len(mapped)  # the mapped writer really ran
+    monkeypatch.setattr(stream, "output_entries", lambda tasks: None)  # mergekit's TensorWriter
+    stock = _merge_in_process(recipe, tmp_path, "stock", **kwargs)
+    assert len(made) == len(mapped)
+    for a, b in zip(mapped, stock):
+        names = sorted(p.name for p in a.iterdir())
+        assert names == sorted(p.name for p in b.iterdir())
+        for name in names:
+            if name != "README.md":  # the card names its folder
+                assert (a / name).read_bytes() == (b / name).read_bytes(), (scenario, name)
+        recorded = json.loads((a / "reasoning_merge.json").read_text())["outputs"]
+        assert recorded == file_hashes(a) and len(recorded) >= 1
+
+
+def test_outputs_it_cannot_lay_out_ahead_keep_mergekits_writer(trio, tmp_path, monkeypatch):
+    """A tensor mergekit would convert rather than read (or a mergekit that resolves names
+    another way) leaves the headers unknown: the executor falls back, same result."""
+    from mergekit_reasoning.merge import layout, stream
+
+    reference, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "ref")
+    made = []
+
+    class Spy(stream.MappedShards):
+        def __init__(self, *args, **kw):
+            made.append(args[0])
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(stream, "MappedShards", Spy)
+    monkeypatch.setattr(layout, "resolve_tensor_name", lambda load, loader: None)
+    out, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "out")
+    assert made == []
+    assert file_hashes(out) == file_hashes(reference)
+
+
+def test_reserved_outputs_are_adopted_and_leave_nothing_behind(trio, tmp_path):
+    import yaml
+
+    from mergekit_reasoning.cli import _options
+    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.merge.reserve import reserve
+
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.7)
+    reference, = _merge_in_process(recipe, tmp_path, "reference")
+    path = tmp_path / "r.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    outs = [tmp_path / "sweep" / "a", tmp_path / "sweep" / "b"]
+    outs[0].parent.mkdir()
+    reservation = reserve(path, outs, 5 * 10**9, budget=1 << 30)
+    assert len([p for p in outs[0].parent.iterdir() if ".reserved-" in p.name]) == 2
+    stream.merge(check_recipe(*load_recipe(path)), outs, _options(quiet=True), lambdas=[0.7, 0.7], reservation=reservation)
+    reservation.release()
+    assert sorted(p.name for p in outs[0].parent.iterdir()) == ["a", "b"]
+    for out in outs:
+        assert file_hashes(out) == file_hashes(reference)

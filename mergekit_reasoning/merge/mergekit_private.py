@@ -2,9 +2,11 @@
 
 mergekit has no public API for writing an output model's config, tokenizer and
 tag-along files the way `mergekit-yaml` does, only private functions in
-`mergekit.merge`. Every use goes through this module, so a mergekit release that
-moves, renames or re-signs one of them fails here, in one line that says what to
-do, and `tests/test_mergekit_private.py` says so before a user meets it.
+`mergekit.merge`. Every use goes through this module, so a mergekit release
+that moves, renames or re-signs one of them fails here, in one line that says
+what to do, and `tests/test_package.py` says so before a user meets it. The
+exception is `LoadTensor._resolve_name` (which stored tensor a load reads):
+without it the streaming executor only falls back to mergekit's writer.
 """
 
 import inspect
@@ -80,3 +82,12 @@ def _quiet_torch_dtype():
         yield
     finally:
         log.removeFilter(notice)
+
+
+def resolve_tensor_name(load, loader):
+    """The stored name mergekit's LoadTensor `load` reads from `loader`, or None when it
+    would convert or miss the tensor (or this mergekit resolves names some other way)."""
+    resolve = getattr(load, "_resolve_name", None)
+    if resolve is None:
+        return None  # the streaming executor then keeps mergekit's own writer
+    return resolve(loader)

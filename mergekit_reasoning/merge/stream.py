@@ -2,8 +2,11 @@
 
 mergekit plans the merge (tensor names, aliases, tied names, filters, gradients),
 so both executors resolve exactly the same inputs and parameters; this one then
-streams the plan tensor by tensor through mergekit's lazy loader and shard
-writer, prefetching the next tensor while the current one is merged. It also
+streams the plan tensor by tensor through mergekit's lazy loader, prefetching
+the next tensor while the current one is merged. When every output's header is
+known up front (safetensors inputs, the usual case) the output shards are laid
+out first and the kernel writes into them in place, hashed as they fill
+(`shard_writer.py`); otherwise mergekit's shard writer collects them. It also
 carries the policies mergekit's executor cannot express: vocabularies of
 different lengths and a tied target with untied donors. Given several λ values it
 reads the inputs once and writes one model per λ. Output goes to a temporary
@@ -16,6 +19,7 @@ with a note, into the same staging folder and manifest.
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -23,6 +27,8 @@ import torch
 
 from mergekit_reasoning.merge.compat import HEAD
 from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.merge.layout import output_entries
+from mergekit_reasoning.merge.shard_writer import MappedShards
 from mergekit_reasoning.repro.hashing import remember_sha256
 from mergekit_reasoning.merge.recipe import CheckedRecipe
 from mergekit_reasoning.repro.staging import refuse_non_empty, staged
@@ -38,8 +44,13 @@ def merge(
     lambdas: Optional[Sequence[float]] = None,
     overwrite: bool = False,
     inputs: Optional[List[Dict]] = None,
+    reservation=None,
 ) -> List[Path]:
-    """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ)."""
+    """Merge `checked` into `out_paths` (one per λ in `lambdas`, or one with the recipe's λ).
+
+    `reservation` (from `reserve.reserve`, for the same folders) offers output
+    files paged in ahead of time; the caller releases what is left of it.
+    """
     from mergekit_reasoning.repro.manifest import describe_inputs, write_manifest
 
     outs = [Path(p) for p in out_paths]
@@ -53,6 +64,7 @@ def merge(
         raise RecipeError("a λ sweep needs a streamable recipe; this one aligns tokenizers (`tokenizer:`)")
 
     target_tied = HEAD not in _target_names(checked)
+    tasks = [t for t in plan if not (target_tied and t.tensor_name == HEAD)]
     device = torch.device(options.device or "cpu")
     # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
@@ -60,10 +72,17 @@ def merge(
     try:
         with ExitStack() as outputs:
             staging = [outputs.enter_context(staged(out, overwrite=overwrite)) for out in outs]
+            digests = [None] * len(outs)
             if streamable:
+                entries = output_entries(tasks) if options.safe_serialization else None
                 with ExitStack() as stack:
-                    writers = [stack.enter_context(_writer(path, options)) for path in staging]
-                    _stream(plan, writers, device, options, lambdas, skip_head=target_tied)
+                    writers = [
+                        stack.enter_context(_writer(path, options, entries, _reserved(reservation, index, entries)))
+                        for index, path in enumerate(staging)
+                    ]
+                    _stream(tasks, writers, device, options, lambdas)
+                if entries is not None:
+                    digests = [writer.digests for writer in writers]
             else:
                 LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
                 _mergekit_executor(checked, staging[0], outs[0].name, options)
@@ -74,7 +93,8 @@ def merge(
                     _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
                 lam = None if lambdas is None else lambdas[index]
                 manifests.append(write_manifest(
-                    path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size
+                    path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size,
+                    output_digests=digests[index],
                 ))
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
@@ -124,24 +144,35 @@ def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -
     inner.rmdir()
 
 
-def _stream(plan, writers, device, options, lambdas, *, skip_head: bool) -> None:
+def _stream(tasks, writers, device, options, lambdas) -> None:
     import tqdm
 
     from mergekit.common import dtype_from_name
 
-    tasks = [t for t in plan if not (skip_head and t.tensor_name == HEAD)]
+    mapped = isinstance(writers[0], MappedShards)
+    if mapped:  # file order, so each shard's hash follows the writes
+        position = {name: index for index, name in enumerate(writers[0].write_order())}
+        tasks = sorted(tasks, key=lambda t: position[t.tensor_name])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         pending = pool.submit(_load, tasks[0]) if tasks else None
         for index, task in enumerate(tqdm.tqdm(tasks, desc="Merging", disable=options.quiet)):
             tensors = pending.result()
             pending = pool.submit(_load, tasks[index + 1]) if index + 1 < len(tasks) else None
-            merged = _merge_one(task.tensor_task, tensors, device, lambdas)
-            out_dtype = dtype_from_name(task.dtype)
-            for writer, tensor in zip(writers, merged):
-                if out_dtype is not None:
-                    tensor = tensor.to(dtype=out_dtype)
-                writer.save_tensor(task.tensor_name, tensor.to("cpu"), clone=options.clone_tensors)
-            del tensors, merged
+            if mapped:
+                views = [writer.view(task.tensor_name) for writer in writers]
+                _merge_one(task.tensor_task, tensors, device, lambdas, out=views)
+                del views
+                for writer in writers:
+                    writer.finished(task.tensor_name)
+            else:
+                merged = _merge_one(task.tensor_task, tensors, device, lambdas)
+                out_dtype = dtype_from_name(task.dtype)
+                for writer, tensor in zip(writers, merged):
+                    if out_dtype is not None:
+                        tensor = tensor.to(dtype=out_dtype)
+                    writer.save_tensor(task.tensor_name, tensor.to("cpu"), clone=options.clone_tensors)
+                del merged
+            del tensors
 
 
 def _load(task) -> Dict:
@@ -158,7 +189,7 @@ def _load(task) -> Dict:
     return tensors
 
 
-def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch.Tensor]:
+def _merge_one(task, tensors: Dict, device: torch.device, lambdas, out=None) -> List[torch.Tensor]:
     from mergekit_reasoning.merge.kernel import merge_tensor
 
     donors = [m for m in task.model_order if m != task.base_model]
@@ -172,6 +203,7 @@ def _merge_one(task, tensors: Dict, device: torch.device, lambdas) -> List[torch
         name=task.output_weight.name,
         vocab_axis=task.output_weight.vocabulary_axis,
         lambda_values=lambdas,
+        out=out,
     )
 
 
@@ -181,8 +213,18 @@ def _target_names(checked: CheckedRecipe):
     return model_info(checked.config.base_model).shapes
 
 
-def _writer(path: Path, options):
+def _reserved(reservation, index: int, entries) -> list:
+    if reservation is None or entries is None:
+        return []
+    return reservation.take(index)
+
+
+def _writer(path: Path, options, entries, reserved):
+    """The mapped writer when every output's header is known, else mergekit's."""
     from mergekit.io.tensor_writer import TensorWriter
+
+    if entries is not None:
+        return MappedShards(path, entries, options.out_shard_size, metadata.version("mergekit"), reserved=reserved)
 
     return TensorWriter(
         str(path),

@@ -72,9 +72,19 @@ def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[floa
 
 
 def write_manifest(
-    folder: Path, checked, inputs: List[Dict[str, Any]], *, lam: Optional[float], device: str, out_shard_size: int
+    folder: Path,
+    checked,
+    inputs: List[Dict[str, Any]],
+    *,
+    lam: Optional[float],
+    device: str,
+    out_shard_size: int,
+    output_digests: Optional[Dict[str, str]] = None,
 ) -> Dict:
+    """Write the manifest; `output_digests` are the shards' SHA-256 when the writer computed them."""
     shards = sorted(p.name for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if output_digests is not None and sorted(output_digests) != shards:
+        raise RuntimeError(f"{folder}: shards {shards} but digests for {sorted(output_digests)}")
     manifest = {
         "format": FORMAT,
         "version": 1,
@@ -87,7 +97,7 @@ def write_manifest(
         "python": platform.python_version(),
         "device": device,
         "out_shard_size": out_shard_size,
-        "outputs": hash_files(folder, shards, cached=False),
+        "outputs": dict(sorted(output_digests.items())) if output_digests is not None else hash_files(folder, shards, cached=False),
     }
     (Path(folder) / NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

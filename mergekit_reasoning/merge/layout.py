@@ -1,0 +1,66 @@
+"""Each output tensor's name, dtype and shape, known before any arithmetic.
+
+The mapped writer (`shard_writer.py`) lays the output files out before the
+merge, so it needs every output tensor's header up front. They follow from
+mergekit's plan and the inputs' safetensors headers, without reading a weight:
+the shape is the target's (the merge keeps it, vocabulary rows included); the
+dtype is the recipe's `out_dtype`, else the inputs' common dtype after the load
+dtype mergekit applies (as `kernel.merge_tensor` rounds). Whenever a tensor is
+not plainly resolvable this way (pickled weights, mergekit's checkpoint
+conversions, a dtype the writer does not lay out), the answer is None and the
+streaming executor keeps mergekit's own writer.
+"""
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from mergekit_reasoning.merge.mergekit_private import resolve_tensor_name
+from mergekit_reasoning.merge.shard_writer import Entry, supports
+
+STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def output_entries(tasks: Sequence) -> Optional[List[Entry]]:
+    """The outputs of mergekit's SaveTensor `tasks`, in order, or None where unknown."""
+    from mergekit.common import dtype_from_name
+    from mergekit.io.tasks import LoaderCache
+
+    headers: Dict[str, Dict[str, Tuple[str, Tuple[int, ...]]]] = {}
+    entries = []
+    for task in tasks:
+        merge = task.tensor_task
+        loaded = {}
+        for load in merge.gather_tensors.arguments().values():
+            loader = LoaderCache().get(load.model)
+            name = resolve_tensor_name(load, loader)
+            if name is None:
+                return None
+            path = os.path.join(loader.index.base_path, loader.index.tensor_paths[name])
+            stored = _header(path, headers).get(name)
+            if stored is None or stored[0] not in STORED:
+                return None
+            dtype = dtype_from_name(load.dtype) if load.dtype else STORED[stored[0]]
+            loaded[load.model] = (dtype, stored[1])
+        if merge.base_model not in loaded or any(m not in loaded for m in merge.model_order):
+            return None
+        dtype = loaded[merge.base_model][0]
+        for model in merge.model_order:
+            dtype = torch.promote_types(dtype, loaded[model][0])
+        entries.append(Entry(task.tensor_name, dtype_from_name(task.dtype) or dtype, loaded[merge.base_model][1]))
+    return entries if supports(entries) else None
+
+
+def _header(path: str, cache: Dict) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """name -> (dtype, shape) of a safetensors file, from its header; {} for other files."""
+    if path not in cache:
+        cache[path] = {}
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as handle:
+                for name in handle.keys():
+                    part = handle.get_slice(name)
+                    cache[path][name] = (part.get_dtype(), tuple(part.get_shape()))
+    return cache[path]
