@@ -4,6 +4,10 @@ Heavy imports (torch, mergekit) happen inside each command, so `--help` is quick
 Every command reports a bad recipe or model as one line and exits non-zero.
 """
 
+import atexit
+import os
+import sys
+import threading
 from pathlib import Path
 
 import click
@@ -50,25 +54,42 @@ def check(recipe: Path):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
-    _hub_or_offline()
-    from mergekit_reasoning.merge.readahead import advise, available_memory, recipe_model_dirs
+    from mergekit_reasoning.merge.readahead import advise, available_memory, reclaimable_memory, recipe_model_dirs
+    from mergekit_reasoning.merge.reserve import reserve
 
-    advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
+    outs = [out / f"lambda_{lam:g}" for lam in lambdas] if lambdas else [out]
+    # Before mergekit's import (seconds on one core): page the output files in on the other.
+    budget = min(reclaimable_memory() // 5, 4 << 30)
+    reservation = reserve(recipe, outs, _shard_bytes(out_shard_size), budget=budget)
+    try:
+        _hub_or_offline()
+        advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
 
-    from mergekit_reasoning.merge import stream
-    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
+        from mergekit_reasoning.merge import stream
+        from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
 
-    options = _options(cuda, read_to_gpu, out_shard_size, quiet)
-    checked = check_recipe(*load_recipe(recipe))
-    for note in checked.compatibility.notes():
-        click.echo(f"warning: {note}", err=True)
-    if lambdas:
-        outs = [out / f"lambda_{lam:g}" for lam in lambdas]
-        stream.merge(checked, outs, options, lambdas=list(lambdas), overwrite=overwrite)
-    else:
-        outs = stream.merge(checked, [out], options, overwrite=overwrite)
+        options = _options(cuda, read_to_gpu, out_shard_size, quiet)
+        checked = check_recipe(*load_recipe(recipe))
+        for note in checked.compatibility.notes():
+            click.echo(f"warning: {note}", err=True)
+        stream.merge(
+            checked, outs, options, lambdas=list(lambdas) if lambdas else None, overwrite=overwrite, reservation=reservation
+        )
+    finally:
+        if reservation is not None:
+            reservation.release()
     for path in outs:
         click.echo(f"wrote {path}")
+
+
+def _shard_bytes(text: str) -> int:
+    """`--out-shard-size` as mergekit's parse_kmb reads it, without importing mergekit (0 if unreadable)."""
+    units = {"K": 10**3, "M": 10**6, "B": 10**9}
+    text = text.strip().upper()
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+    except ValueError:
+        return 0
 
 
 def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str = "5B", quiet: bool = False):
@@ -197,5 +218,35 @@ def _add_bench():
 
 _add_bench()
 
+
+def run() -> None:
+    """The console script: the CLI, then an exit that skips tearing the interpreter down.
+
+    Once a command has finished, Python would spend about a second unloading
+    the modules torch and mergekit bring in (measured: 1.2 s of a 9 s merge).
+    Nothing is left to do by then, so after the exit handlers have run and
+    the output is flushed, the process ends at once. If a command left a
+    non-daemon thread running, the ordinary exit waits for it instead.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    if isinstance(code, str):
+        click.echo(code, err=True)
+        code = 1
+    code = code or 0
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging's shutdown, temporary folders' finalizers
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can be said
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

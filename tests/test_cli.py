@@ -87,3 +87,69 @@ def test_demo_runs_the_add_recipe_offline(tmp_path):
     assert "max error 0.50 ulp of bfloat16" in result.output or "max error 0.00 ulp" in result.output
     assert "tied output: True (lm_head.weight stored: False)" in result.output
     assert (tmp_path / "merged" / "config.json").exists()
+
+
+def _run_with(monkeypatch, outcome):
+    """Call the console script's `run` with `main` replaced by `outcome`; return how it exited."""
+    import atexit
+    import os
+
+    from mergekit_reasoning import cli
+
+    calls = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        calls.append(("os._exit", code))
+        raise Exited
+
+    monkeypatch.setattr(cli, "main", outcome)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append(("atexit",)))
+    try:
+        cli.run()
+    except Exited:
+        pass
+    except SystemExit as done:
+        calls.append(("sys.exit", done.code))
+    return calls
+
+
+@pytest.mark.parametrize("raised, code", [(None, 0), (SystemExit(0), 0), (SystemExit(2), 2), (SystemExit("Error: x"), 1)])
+def test_the_console_script_runs_exit_handlers_then_exits_at_once(raised, code, monkeypatch, capsys):
+    def outcome():
+        if raised is not None:
+            raise raised
+
+    import threading
+
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])  # whatever else the runner has
+    assert _run_with(monkeypatch, outcome) == [("atexit",), ("os._exit", code)]
+    if isinstance(raised, SystemExit) and isinstance(raised.code, str):
+        assert capsys.readouterr().err.strip() == "Error: x"
+
+
+def test_the_console_script_waits_for_a_thread_left_running(monkeypatch):
+    import threading
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        assert _run_with(monkeypatch, lambda: None) == [("sys.exit", 0)]
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_the_console_script_flushes_piped_output(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mergekit_reasoning.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "merge" in done.stdout and done.stdout.endswith("\n")
+    done = subprocess.run([sys.executable, "-m", "mergekit_reasoning.cli", "check", str(tmp_path / "none.yml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("Error: recipe")

@@ -46,7 +46,21 @@ def recipe_model_dirs(recipe_path: Path) -> list:
 
 
 def available_memory() -> int:
+    """Free memory (pages no one holds, not reclaimable cache)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def reclaimable_memory() -> int:
+    """What Linux could hand out without swapping (MemAvailable: free plus clean cache),
+    or free memory where that is not known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return available_memory()

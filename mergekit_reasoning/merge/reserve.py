@@ -1,0 +1,179 @@
+"""Output files paged in while Python is still importing mergekit.
+
+Writing a 3 GB output through a fresh mapping costs the kernel a fault, a page
+allocation and a zeroing per 4 KB page: on the project's 2-core VM that was
+about 2 s, as long as all the arithmetic. None of it needs the merge plan,
+only the output's size, which the recipe's target tells before mergekit is
+imported, and that import keeps one core busy for seconds while the other
+idles. So `mergekit-reasoning merge` reserves its output files first: hidden
+files beside the output folder, mapped and paged in by a background thread
+(`madvise(MADV_POPULATE_WRITE)` through ctypes, which releases the GIL). The
+mapped writer (`shard_writer.py`) then takes each file with its mapping, sets
+it to the exact size and writes every byte of it; its contents never depend on
+the guess. Linux 5.14+ only; elsewhere, or when anything here fails, there is
+no reservation and the writer maps new files as before.
+"""
+
+import ctypes
+import json
+import logging
+import math
+import mmap
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+LOG = logging.getLogger(__name__)
+MADV_POPULATE_WRITE = 23  # linux/mman.h, since Linux 5.14
+STEP = 64 << 20  # bytes paged in per call, so a cancel waits for one call at most
+MAX_HEADER = 100 << 20  # as safetensors: a larger header is not a model
+ELEMENT_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+@dataclass
+class ReservedFile:
+    """A hidden file and its writable mapping, to become one output shard."""
+
+    path: Path
+    map: mmap.mmap
+
+
+class Reservation:
+    """Reserved files for each output folder, paged in by a background thread."""
+
+    def __init__(self, files: List[List[ReservedFile]], budget: int):
+        self._files = files
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._page_in, args=(budget,), name="reserve-outputs", daemon=True)
+        self._thread.start()
+
+    def take(self, output: int) -> List[ReservedFile]:
+        """The files reserved for output `output`, now the caller's (paging in stops)."""
+        self._stop.set()
+        self._thread.join()
+        taken, self._files[output] = self._files[output], []
+        return taken
+
+    def release(self) -> None:
+        """Remove whatever was not taken."""
+        self._stop.set()
+        self._thread.join()
+        for files in self._files:
+            for reserved in files:
+                discard(reserved)
+        self._files = [[] for _ in self._files]
+
+    def _page_in(self, budget: int) -> None:
+        try:
+            madvise = ctypes.CDLL(None, use_errno=True).madvise
+            madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            for files in list(self._files):
+                for reserved in files:
+                    anchor = ctypes.c_char.from_buffer(reserved.map)
+                    try:
+                        start, size = ctypes.addressof(anchor), len(reserved.map)
+                        for offset in range(0, size, STEP):
+                            if self._stop.is_set() or budget <= 0:
+                                return
+                            length = min(STEP, size - offset)
+                            if madvise(start + offset, length, MADV_POPULATE_WRITE) != 0:
+                                return  # an older kernel: no harm, the writer faults pages in itself
+                            budget -= length
+                    finally:
+                        del anchor  # the writer may resize the map only once nothing points into it
+        except Exception as error:  # only a lost speed-up
+            LOG.debug("paging in the reserved outputs stopped: %s", error)
+
+
+def reserve(recipe: Path, outs: Sequence[Path], out_shard_size: int, budget: int) -> Optional[Reservation]:
+    """Reserve the output files `outs` will need, judged from the recipe's target; None if not here."""
+    if not sys.platform.startswith("linux") or budget <= 0:
+        return None
+    try:
+        sizes = predicted_shard_sizes(recipe, out_shard_size)
+    except Exception as error:  # the recipe check reports bad recipes properly
+        LOG.debug("no output reservation: %s", error)
+        return None
+    if not sizes:
+        return None
+    files: List[List[ReservedFile]] = []
+    try:
+        for out in outs:
+            out = Path(out)
+            if not out.parent.is_dir():
+                files.append([])
+                continue
+            files.append([_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size) for k, size in enumerate(sizes)])
+    except OSError as error:
+        for made in files:
+            for reserved in made:
+                discard(reserved)
+        LOG.debug("no output reservation: %s", error)
+        return None
+    return Reservation(files, budget)
+
+
+def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
+    """File sizes of the output's shards if it holds the target's tensors in the recipe's
+    dtype, split as mergekit's writer splits them (in the target's stored order)."""
+    import yaml
+
+    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    folder = Path(str(data["base_model"]).split("@")[0])
+    dtype = data.get("out_dtype") or data.get("dtype")
+    tensors: Dict[str, dict] = {}
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    for name in files:
+        tensors.update(_header(folder / name))
+    sizes = []
+    for info in tensors.values():
+        width = DTYPE_BYTES[dtype] if dtype in DTYPE_BYTES else ELEMENT_BYTES[info["dtype"]]
+        sizes.append(math.prod(info["shape"]) * width)
+    shards, current = [], 0
+    for size in sizes:
+        if current and out_shard_size > 0 and current + size > out_shard_size:
+            shards.append(current)
+            current = 0
+        current += size
+    if current:
+        shards.append(current)
+    head = 8 + 160 * len(tensors)  # about what a header takes per tensor; the writer sets the exact size
+    return [shard + head for shard in shards]
+
+
+def _header(path: Path) -> Dict[str, dict]:
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 0 < length <= MAX_HEADER:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _create(path: Path, size: int) -> ReservedFile:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        return ReservedFile(path, mmap.mmap(fd, size))
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def discard(reserved: ReservedFile) -> None:
+    try:
+        reserved.map.close()
+    except BufferError:
+        pass
+    try:
+        os.unlink(reserved.path)
+    except FileNotFoundError:
+        pass
