@@ -67,21 +67,11 @@ save_file(kept, out + "/model.safetensors")
 """
 
 # The floor of a sweep: the same reads, and the target written once per λ.
-COPY_FLOOR_OUTPUTS = """
-import os, sys, torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-target, grpo, sft, out, device, copies = sys.argv[1:7]
-kept = {}
-with safe_open(target + "/model.safetensors", "pt") as t, safe_open(grpo + "/model.safetensors", "pt") as g, \\
-        safe_open(sft + "/model.safetensors", "pt") as s:
-    for name in t.keys():
-        a, _, _ = t.get_tensor(name).to(device), g.get_tensor(name).to(device), s.get_tensor(name).to(device)
-        kept[name] = a.cpu()
-for copy in range(int(copies)):
-    os.makedirs(f"{out}/copy{copy}")
-    save_file(kept, f"{out}/copy{copy}/model.safetensors")
-"""
+COPY_FLOOR_OUTPUTS = COPY_FLOOR.replace(
+    'save_file(kept, out + "/model.safetensors")',
+    "import os\nfor copy in range(int(sys.argv[6])):\n"
+    '    os.makedirs(f"{out}/copy{copy}")\n    save_file(kept, f"{out}/copy{copy}/model.safetensors")',
+)
 
 NAIVE = """
 import sys, torch

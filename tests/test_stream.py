@@ -155,6 +155,21 @@ def _merge_in_process(recipe: dict, tmp_path, name: str, *, lambdas=None, shard=
     return outs
 
 
+def mapped_writers(monkeypatch) -> list:
+    """The output folders the mapped writer is opened for, from now on."""
+    from mergekit_reasoning.merge import stream
+
+    made = []
+
+    class Spy(stream.MappedShards):
+        def __init__(self, *args, **kw):
+            made.append(args[0])
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(stream, "MappedShards", Spy)
+    return made
+
+
 SCENARIOS = {
     "plain": dict(),
     "sharded": dict(shard="20K"),
@@ -181,14 +196,7 @@ def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, tri
     recipe = {k: v for k, v in recipe.items() if v is not None}
     kwargs = {k: spec[k] for k in ("lambdas", "shard") if k in spec}
 
-    made = []
-
-    class Spy(stream.MappedShards):
-        def __init__(self, *args, **kw):
-            made.append(args[0])
-            super().__init__(*args, **kw)
-
-    monkeypatch.setattr(stream, "MappedShards", Spy)
+    made = mapped_writers(monkeypatch)
     mapped = _merge_in_process(recipe, tmp_path, "mapped", **kwargs)
     assert len(made) == len(mapped)  # the mapped writer really ran
     monkeypatch.setattr(stream, "output_entries", lambda tasks: None)  # mergekit's TensorWriter
@@ -207,17 +215,10 @@ def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, tri
 def test_outputs_it_cannot_lay_out_ahead_keep_mergekits_writer(trio, tmp_path, monkeypatch):
     """A tensor mergekit would convert rather than read (or a mergekit that resolves names
     another way) leaves the headers unknown: the executor falls back, same result."""
-    from mergekit_reasoning.merge import layout, stream
+    from mergekit_reasoning.merge import layout
 
     reference, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "ref")
-    made = []
-
-    class Spy(stream.MappedShards):
-        def __init__(self, *args, **kw):
-            made.append(args[0])
-            super().__init__(*args, **kw)
-
-    monkeypatch.setattr(stream, "MappedShards", Spy)
+    made = mapped_writers(monkeypatch)
     monkeypatch.setattr(layout, "resolve_tensor_name", lambda load, loader: None)
     out, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "out")
     assert made == []
