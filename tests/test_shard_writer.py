@@ -162,6 +162,10 @@ def test_spare_reserved_files_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def with_data(header: bytes, data_bytes: int) -> bytes:
+    return len(header).to_bytes(8, "little") + header + bytes(data_bytes)
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -170,7 +174,13 @@ def test_spare_reserved_files_are_removed(tmp_path):
         (5).to_bytes(8, "little") + b"[1,2]",  # not an object
         (20).to_bytes(8, "little") + b'{"w":{"dtype":"XX"}}',  # nonsense fields
         (2).to_bytes(8, "little") + b"{",  # truncated
+        # headers that claim a terabyte in a file that holds 4 bytes of data
+        with_data(b'{"w":{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,4]}}', 4),
+        with_data(b'{"w":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4398046511104]}}', 4),
+        with_data(b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}', 4),
     ],
+    ids=["empty", "header past the file", "not an object", "nonsense fields", "truncated",
+         "terabyte shape", "terabyte offsets", "reversed offsets"],
 )
 def test_a_hostile_target_header_means_no_reservation_and_no_files(content, tmp_path):
     (tmp_path / "target").mkdir()

@@ -246,3 +246,24 @@ def test_reserved_outputs_are_adopted_and_leave_nothing_behind(trio, tmp_path):
     assert sorted(p.name for p in outs[0].parent.iterdir()) == ["a", "b"]
     for out in outs:
         assert file_hashes(out) == file_hashes(reference)
+
+
+def test_a_folder_that_cannot_be_mapped_gets_mergekits_writer(trio, tmp_path, monkeypatch, caplog):
+    """Some network and FUSE file systems refuse shared writable mappings: same files, one warning."""
+    import errno
+
+    from mergekit_reasoning.merge import shard_writer
+
+    recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.7)
+    reference = _merge_in_process(recipe, tmp_path, "reference", lambdas=[0.7, 1.0], shard="20K")
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(shard_writer.mmap, "mmap", refuse)
+    outs = _merge_in_process(recipe, tmp_path, "unmappable", lambdas=[0.7, 1.0], shard="20K")
+    assert "cannot map the output files" in caplog.text
+    for out, ref in zip(outs, reference):
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
+        assert file_hashes(out) == file_hashes(ref)
+        assert json.loads((out / "reasoning_merge.json").read_text())["outputs"] == file_hashes(ref)

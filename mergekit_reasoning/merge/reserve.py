@@ -147,17 +147,25 @@ def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
 
 
 def _header(path: Path) -> Dict[str, dict]:
+    """The tensors a safetensors header lists, checked against the file: a header that
+    claims more data than the file holds reserves nothing."""
     with open(path, "rb") as handle:
         length = int.from_bytes(handle.read(8), "little")
         if not 0 < length <= MAX_HEADER:
             raise ValueError(f"{path}: not a safetensors file")
         header = json.loads(handle.read(length))
+        data = os.fstat(handle.fileno()).st_size - 8 - length
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        size = math.prod(info["shape"]) * ELEMENT_BYTES[info["dtype"]]
+        if not (0 <= begin <= end <= data and end - begin == size):
+            raise ValueError(f"{path}: tensor {name} does not fit the file")
     return header
 
 
 def _create(path: Path, size: int) -> ReservedFile:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.ftruncate(fd, size)
         return ReservedFile(path, mmap.mmap(fd, size))

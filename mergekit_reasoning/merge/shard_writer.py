@@ -119,7 +119,7 @@ class _Shard:
         self._hasher.start()
 
     def _create(self) -> mmap.mmap:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # as open(): the umask decides
         try:
             os.ftruncate(fd, self.size)
             return mmap.mmap(fd, self.size)
@@ -228,7 +228,7 @@ class MappedShards:
                     self._of[entry.name] = shard
                     self._shard_of_name[entry.name] = name
         except BaseException:
-            self._close()
+            self.remove()
             raise
         finally:
             for spare in reserved[len(self._shards):]:
@@ -261,6 +261,15 @@ class MappedShards:
     def _close(self) -> None:
         for shard in self._shards:
             shard.close()
+
+    def remove(self) -> None:
+        """Close and delete the shard files made so far (when the merge turns to mergekit's writer)."""
+        self._close()
+        for name in self.names:
+            try:
+                os.unlink(self.folder / name)
+            except FileNotFoundError:
+                pass
 
     def _write_index(self) -> None:
         if len(self._shards) < 2:

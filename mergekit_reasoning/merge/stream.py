@@ -76,13 +76,9 @@ def merge(
             if streamable:
                 entries = output_entries(tasks) if options.safe_serialization else None
                 with ExitStack() as stack:
-                    writers = [
-                        stack.enter_context(_writer(path, options, entries, _reserved(reservation, index, entries)))
-                        for index, path in enumerate(staging)
-                    ]
+                    writers = [stack.enter_context(w) for w in _writers(staging, options, entries, reservation)]
                     _stream(tasks, writers, device, options, lambdas)
-                if entries is not None:
-                    digests = [writer.digests for writer in writers]
+                digests = [getattr(writer, "digests", None) for writer in writers]
             else:
                 LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
                 _mergekit_executor(checked, staging[0], outs[0].name, options)
@@ -213,18 +209,26 @@ def _target_names(checked: CheckedRecipe):
     return model_info(checked.config.base_model).shapes
 
 
-def _reserved(reservation, index: int, entries) -> list:
-    if reservation is None or entries is None:
-        return []
-    return reservation.take(index)
+def _writers(staging: Sequence[Path], options, entries, reservation) -> list:
+    """Mapped writers when every output's header is known and the folders can be mapped
+    (some network and FUSE file systems cannot), else mergekit's, for every output alike."""
+    if entries is None:
+        return [_tensor_writer(path, options) for path in staging]
+    made = []
+    try:
+        for index, path in enumerate(staging):
+            reserved = reservation.take(index) if reservation is not None else []
+            made.append(MappedShards(path, entries, options.out_shard_size, metadata.version("mergekit"), reserved=reserved))
+    except OSError as error:
+        for writer in made:
+            writer.remove()
+        LOG.warning("cannot map the output files (%s): writing them with mergekit's writer", error)
+        return [_tensor_writer(path, options) for path in staging]
+    return made
 
 
-def _writer(path: Path, options, entries, reserved):
-    """The mapped writer when every output's header is known, else mergekit's."""
+def _tensor_writer(path: Path, options):
     from mergekit.io.tensor_writer import TensorWriter
-
-    if entries is not None:
-        return MappedShards(path, entries, options.out_shard_size, metadata.version("mergekit"), reserved=reserved)
 
     return TensorWriter(
         str(path),
