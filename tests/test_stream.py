@@ -267,3 +267,18 @@ def test_a_folder_that_cannot_be_mapped_gets_mergekits_writer(trio, tmp_path, mo
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
         assert file_hashes(out) == file_hashes(ref)
         assert json.loads((out / "reasoning_merge.json").read_text())["outputs"] == file_hashes(ref)
+
+
+def test_a_full_disk_is_one_line_before_anything_is_written(trio, tmp_path, monkeypatch):
+    import errno
+
+    from mergekit_reasoning.errors import RecipeError
+    from mergekit_reasoning.merge import shard_writer
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shard_writer.os, "posix_fallocate", full)
+    with pytest.raises(RecipeError, match=r"^no room for the output in .*: No space left on device$"):
+        _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.yml"]

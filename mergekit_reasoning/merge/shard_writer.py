@@ -17,6 +17,7 @@ by name; JSON without spaces; padded with spaces to 8 bytes).
 `tests/test_shard_writer.py` compares both byte for byte.
 """
 
+import errno
 import hashlib
 import json
 import math
@@ -96,6 +97,18 @@ def header(entries: Sequence[Entry]) -> Tuple[bytes, Dict[str, int]]:
     return len(text).to_bytes(8, "little") + text, offsets
 
 
+def _claim_disk(fd: int, size: int) -> None:
+    """Allocate the file's blocks now. Writes through a mapping cannot return an error: on
+    a full disk the kernel would stop the process with SIGBUS mid-merge; here it is an
+    OSError (ENOSPC) before anything is written."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a file system without fallocate: nothing is claimed ahead, as with write()
+
+
 class _Shard:
     """One output file: mapped for writing, hashed from the front as it fills."""
 
@@ -122,6 +135,7 @@ class _Shard:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # as open(): the umask decides
         try:
             os.ftruncate(fd, self.size)
+            _claim_disk(fd, self.size)
             return mmap.mmap(fd, self.size)
         finally:
             os.close(fd)
@@ -131,6 +145,11 @@ class _Shard:
         os.rename(reserved.path, self.path)  # the pages stay with the file
         if len(reserved.map) != self.size:
             reserved.map.resize(self.size)  # the file too; every byte is written below or by the merge
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            _claim_disk(fd, self.size)
+        finally:
+            os.close(fd)
         return reserved.map
 
     def view(self, entry: Entry) -> torch.Tensor:

@@ -16,6 +16,7 @@ tokenizers (`tokenizer:`) are not streamed: mergekit's executor merges them,
 with a note, into the same staging folder and manifest.
 """
 
+import errno
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -222,6 +223,8 @@ def _writers(staging: Sequence[Path], options, entries, reservation) -> list:
     except OSError as error:
         for writer in made:
             writer.remove()
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RecipeError(f"no room for the output in {Path(staging[0]).parent}: {error.strerror}") from None
         LOG.warning("cannot map the output files (%s): writing them with mergekit's writer", error)
         return [_tensor_writer(path, options) for path in staging]
     return made
