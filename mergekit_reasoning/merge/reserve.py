@@ -168,6 +168,7 @@ def _create(path: Path, size: int) -> ReservedFile:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)  # no room: no reservation (the writer then says so)
         return ReservedFile(path, mmap.mmap(fd, size))
     except BaseException:
         os.unlink(path)
