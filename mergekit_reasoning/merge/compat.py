@@ -87,6 +87,19 @@ def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str],
     return ModelInfo(label=label, config=dict(config), shapes=shapes)
 
 
+def stored_tensors(path: str) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """name -> (dtype, shape) of a safetensors file, from its header as safetensors reads
+    and checks it (offsets inside the file, sizes that match the shapes); no weight is
+    read and torch is not imported. Raises on a file that is not a valid safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return {
+            name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+            for name in handle.keys()
+        }
+
+
 def shard_problem(folder: str) -> str:
     """Name the safetensors shard of a local folder that fails to open, if any."""
     from pathlib import Path

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from mergekit_reasoning.merge.compat import stored_tensors
 from mergekit_reasoning.merge.mergekit_private import resolve_tensor_name
 from mergekit_reasoning.merge.shard_writer import Entry, supports
 
@@ -53,14 +54,7 @@ def output_entries(tasks: Sequence) -> Optional[List[Entry]]:
 
 
 def _header(path: str, cache: Dict) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
-    """name -> (dtype, shape) of a safetensors file, from its header; {} for other files."""
+    """name -> (dtype, shape) of a safetensors file, read once; {} for other files."""
     if path not in cache:
-        cache[path] = {}
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, "pt") as handle:
-                for name in handle.keys():
-                    part = handle.get_slice(name)
-                    cache[path][name] = (part.get_dtype(), tuple(part.get_shape()))
+        cache[path] = stored_tensors(path) if path.endswith(".safetensors") else {}
     return cache[path]

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from mergekit_reasoning.merge.compat import stored_tensors
+
 LOG = logging.getLogger(__name__)
 MADV_POPULATE_WRITE = 23  # linux/mman.h, since Linux 5.14
 STEP = 64 << 20  # bytes paged in per call, so a cancel waits for one call at most
-MAX_HEADER = 100 << 20  # as safetensors: a larger header is not a model
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
@@ -117,6 +118,24 @@ def reserve(recipe: Path, outs: Sequence[Path], out_shard_size: int, budget: int
     return Reservation(files, budget)
 
 
+def split_by_size(sizes: Sequence[int], max_shard_size: int) -> List[List[int]]:
+    """Indices of tensors grouped into shards in save order, as mergekit's TensorWriter
+    groups them: a shard is closed when the next tensor would take it past the limit
+    (0: no limit). `shard_writer` splits by this too; it lives here, without torch."""
+    shards: List[List[int]] = []
+    current: List[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if current and max_shard_size > 0 and total + size > max_shard_size:
+            shards.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += size
+    if current:
+        shards.append(current)
+    return shards
+
+
 def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
     """File sizes of the output's shards if it holds the target's tensors in the recipe's
     dtype, split as mergekit's writer splits them (in the target's stored order)."""
@@ -125,43 +144,17 @@ def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
     data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
     folder = Path(str(data["base_model"]).split("@")[0])
     dtype = data.get("out_dtype") or data.get("dtype")
-    tensors: Dict[str, dict] = {}
+    tensors: Dict[str, tuple] = {}
     index = folder / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     for name in files:
-        tensors.update(_header(folder / name))
-    sizes = []
-    for info in tensors.values():
-        width = DTYPE_BYTES[dtype] if dtype in DTYPE_BYTES else ELEMENT_BYTES[info["dtype"]]
-        sizes.append(math.prod(info["shape"]) * width)
-    shards, current = [], 0
-    for size in sizes:
-        if current and out_shard_size > 0 and current + size > out_shard_size:
-            shards.append(current)
-            current = 0
-        current += size
-    if current:
-        shards.append(current)
+        tensors.update(stored_tensors(folder / name))  # a header that does not fit its file raises
+    sizes = [
+        math.prod(shape) * (DTYPE_BYTES[dtype] if dtype in DTYPE_BYTES else ELEMENT_BYTES[stored])
+        for stored, shape in tensors.values()
+    ]
     head = 8 + 160 * len(tensors)  # about what a header takes per tensor; the writer sets the exact size
-    return [shard + head for shard in shards]
-
-
-def _header(path: Path) -> Dict[str, dict]:
-    """The tensors a safetensors header lists, checked against the file: a header that
-    claims more data than the file holds reserves nothing."""
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if not 0 < length <= MAX_HEADER:
-            raise ValueError(f"{path}: not a safetensors file")
-        header = json.loads(handle.read(length))
-        data = os.fstat(handle.fileno()).st_size - 8 - length
-    header.pop("__metadata__", None)
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        size = math.prod(info["shape"]) * ELEMENT_BYTES[info["dtype"]]
-        if not (0 <= begin <= end <= data and end - begin == size):
-            raise ValueError(f"{path}: tensor {name} does not fit the file")
-    return header
+    return [sum(sizes[i] for i in shard) + head for shard in split_by_size(sizes, out_shard_size)]
 
 
 def _create(path: Path, size: int) -> ReservedFile:

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mergekit_reasoning.merge.reserve import discard
+from mergekit_reasoning.merge.reserve import discard, split_by_size
 
 # safetensors' names, in the order its serializer ranks them (it puts the widest first).
 DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
@@ -58,18 +58,7 @@ def supports(entries: Sequence[Entry]) -> bool:
 
 def split_shards(entries: Sequence[Entry], max_shard_size: int) -> List[List[Entry]]:
     """Group tensors into shards in save order, as mergekit's TensorWriter does."""
-    shards: List[List[Entry]] = []
-    current: List[Entry] = []
-    size = 0
-    for entry in entries:
-        if current and max_shard_size > 0 and size + entry.nbytes > max_shard_size:
-            shards.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry.nbytes
-    if current:
-        shards.append(current)
-    return shards
+    return [[entries[i] for i in shard] for shard in split_by_size([e.nbytes for e in entries], max_shard_size)]
 
 
 def shard_names(count: int) -> List[str]:
