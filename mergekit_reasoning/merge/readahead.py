@@ -33,16 +33,25 @@ def advise(model_dirs: Iterable[str], budget_bytes: int) -> int:
 
 def recipe_model_dirs(recipe_path: Path) -> list:
     """Local folders a recipe names, read from its YAML without importing mergekit."""
+    data = recipe_data(recipe_path)
+    refs = [data.get("base_model")] + [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
+    return [model_dir(r) for r in refs if isinstance(r, str)]
+
+
+def recipe_data(recipe_path: Path) -> dict:
+    """A recipe's YAML as a mapping, or {} when it is unreadable (the recipe check reports it properly)."""
     import yaml
 
     try:
         data = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        return []  # the recipe check reports it properly
-    if not isinstance(data, dict):
-        return []
-    refs = [data.get("base_model")] + [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
-    return [str(r).split("@")[0] for r in refs if isinstance(r, str)]
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_dir(ref: str) -> str:
+    """The folder of a model reference, without its `@revision`."""
+    return str(ref).split("@")[0]
 
 
 def available_memory() -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from mergekit_reasoning.merge.compat import stored_tensors
+from mergekit_reasoning.merge.readahead import model_dir, recipe_data
 
 LOG = logging.getLogger(__name__)
 MADV_POPULATE_WRITE = 23  # linux/mman.h, since Linux 5.14
@@ -139,10 +140,8 @@ def split_by_size(sizes: Sequence[int], max_shard_size: int) -> List[List[int]]:
 def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
     """File sizes of the output's shards if it holds the target's tensors in the recipe's
     dtype, split as mergekit's writer splits them (in the target's stored order)."""
-    import yaml
-
-    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
-    folder = Path(str(data["base_model"]).split("@")[0])
+    data = recipe_data(recipe)
+    folder = Path(model_dir(data["base_model"]))
     dtype = data.get("out_dtype") or data.get("dtype")
     tensors: Dict[str, tuple] = {}
     index = folder / "model.safetensors.index.json"
