@@ -141,6 +141,9 @@ class _Shard:
             os.close(fd)
         return reserved.map
 
+    def names_in_file_order(self) -> List[str]:
+        return sorted(self._ends, key=lambda name: self._ends[name][0])
+
     def view(self, entry: Entry) -> torch.Tensor:
         start, end = self._ends[entry.name]
         if end == start:
@@ -231,11 +234,9 @@ class MappedShards:
         self.mergekit_version = mergekit_version
         shards = split_shards(entries, max_shard_size)
         self.names = shard_names(len(shards))
-        self._entries = {e.name: e for e in entries}
-        self._order = list(entries)
+        self._entries = {e.name: e for e in entries}  # in save order
         self._shards: List[_Shard] = []
         self._of: Dict[str, _Shard] = {}
-        self._shard_of_name: Dict[str, str] = {}
         self.digests: Dict[str, str] = {}
         reserved = list(reserved)
         try:
@@ -244,7 +245,6 @@ class MappedShards:
                 self._shards.append(shard)
                 for entry in members:
                     self._of[entry.name] = shard
-                    self._shard_of_name[entry.name] = name
         except BaseException:
             self.remove()
             raise
@@ -254,10 +254,7 @@ class MappedShards:
 
     def write_order(self) -> List[str]:
         """Tensor names shard by shard, each in file order, so every hash follows closely."""
-        order = []
-        for shard in self._shards:
-            order += sorted((s for s in shard._ends), key=lambda n: shard._ends[n][0])
-        return order
+        return [name for shard in self._shards for name in shard.names_in_file_order()]
 
     def view(self, name: str) -> torch.Tensor:
         return self._of[name].view(self._entries[name])
@@ -293,8 +290,8 @@ class MappedShards:
         if len(self._shards) < 2:
             return
         content = {
-            "metadata": {"total_size": sum(e.nbytes for e in self._order), "mergekit_version": self.mergekit_version},
-            "weight_map": {e.name: self._shard_of_name[e.name] for e in self._order},
+            "metadata": {"total_size": sum(e.nbytes for e in self._entries.values()), "mergekit_version": self.mergekit_version},
+            "weight_map": {name: self._of[name].path.name for name in self._entries},
         }
         with open(self.folder / "model.safetensors.index.json", "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2)
