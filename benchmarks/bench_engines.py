@@ -142,7 +142,7 @@ def main() -> None:
     _tempfile.tempdir = None
     model = args.model
     if model is None:
-        from mergekit_reasoning.standins import write_standin
+        from mergekit_reasoning.testing.standins import write_standin
 
         model = str(write_standin(Path(args.work) / "standin", shape=args.shape, num_layers=args.layers, seed=0))
     vllm_options = {"batch_size": "auto"}

@@ -97,7 +97,7 @@ def main() -> None:
     os.environ["MERGEKIT_REASONING_CACHE"] = str(Path(work) / "hash-cache")
     model = args.model
     if model is None:
-        from mergekit_reasoning.standins import write_standin
+        from mergekit_reasoning.testing.standins import write_standin
 
         model = str(write_standin(Path(work) / "standin", shape=args.shape, num_layers=args.layers, seed=0))
     lm_task = lm_eval_name(args.task)

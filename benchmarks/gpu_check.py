@@ -28,7 +28,7 @@ from _launch import MERGEKIT_REASONING, MERGEKIT_YAML, command
 
 
 def shard_hashes(folder: Path) -> dict:
-    from mergekit_reasoning.repro.hashing import hash_files
+    from mergekit_reasoning.core.hashing import hash_files
 
     return hash_files(folder, [p.name for p in folder.glob("*.safetensors")], cached=False)
 
@@ -50,10 +50,10 @@ def main():
 
     import torch
 
-    from mergekit_reasoning.merge.kernel import fused_module
-    from mergekit_reasoning.merge.recipe import retarget
-    from mergekit_reasoning.shipped import recipes_dir
-    from mergekit_reasoning.standins import write_trio
+    from mergekit_reasoning.method.kernel import fused_module
+    from mergekit_reasoning.testing.standins import retarget
+    from mergekit_reasoning.core.shipped import recipes_dir
+    from mergekit_reasoning.testing.standins import write_trio
 
     if not torch.cuda.is_available() and not args.cpu_only:
         raise SystemExit("no CUDA device visible")

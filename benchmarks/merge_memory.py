@@ -59,7 +59,7 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from mergekit_reasoning.standins import write_trio
+    from mergekit_reasoning.testing.standins import write_trio
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-memory-"))
     os.environ["MERGEKIT_REASONING_CACHE"] = str(work / "hash-cache")

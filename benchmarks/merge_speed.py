@@ -141,7 +141,7 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
     """
     import torch
 
-    from mergekit_reasoning.merge import kernel
+    from mergekit_reasoning.method import kernel
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(KERNEL_SHAPE, generator=gen).to(torch.bfloat16)
     grpo = (target.float() + torch.randn(KERNEL_SHAPE, generator=gen) * 1e-3).to(torch.bfloat16)
@@ -245,7 +245,7 @@ def main():
         if args.kernels_only:
             return
 
-    from mergekit_reasoning.standins import write_trio
+    from mergekit_reasoning.testing.standins import write_trio
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-speed-"))
     os.environ["MERGEKIT_REASONING_CACHE"] = str(work / "hash-cache")  # private, starts empty

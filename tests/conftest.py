@@ -37,7 +37,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from mergekit_reasoning.standins import write_standin, write_trio  # noqa: E402
+from mergekit_reasoning.testing.standins import write_standin, write_trio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

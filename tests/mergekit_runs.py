@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from mergekit_reasoning.demo import stock_mergekit_yaml
+from mergekit_reasoning.testing.demo import stock_mergekit_yaml
 
 
 def run_stock(recipe: dict, out: Path, **options) -> Path:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mergekit_reasoning.merge.compat import EMBED, HEAD, ModelInfo, check_compatible
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.method.compat import EMBED, HEAD, ModelInfo, check_compatible
+from mergekit_reasoning.core.errors import RecipeError
 
 CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],

@@ -28,7 +28,7 @@ def test_stock_registry_finds_the_method_once_mergekit_loads():
 
 def test_importing_the_method_directly_registers_it_once():
     out = python(
-        "import mergekit_reasoning.merge.method, mergekit.merge_methods.registry as r; "
+        "import mergekit_reasoning.method.reasoning_vector, mergekit.merge_methods.registry as r; "
         "print(sum(x.spec.name == 'reasoning_vector' for x in r.registered_methods()))"
     )
     assert out == "1"

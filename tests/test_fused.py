@@ -17,11 +17,11 @@ import sys
 import pytest
 import torch
 
-import mergekit_reasoning.merge
+import mergekit_reasoning.method
 from helpers import bits
-from mergekit_reasoning.merge import kernel
-from mergekit_reasoning.merge.kernel import apply_vector_sets, merge_tensor
-from mergekit_reasoning.merge.reference import bound_ratio
+from mergekit_reasoning.method import kernel
+from mergekit_reasoning.method.kernel import apply_vector_sets, merge_tensor
+from mergekit_reasoning.testing.reference import bound_ratio
 
 pytest.importorskip("numba")
 
@@ -85,7 +85,7 @@ def assert_same_bits(fused, reference):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts calls of the fused pass, so a test knows it did not silently fall back."""
-    from mergekit_reasoning.merge import fused
+    from mergekit_reasoning.method import fused
     calls = []
     original = fused.merge
 
@@ -233,9 +233,9 @@ def test_without_numba_the_torch_kernel_answers_with_one_note(monkeypatch, caplo
     fused = apply_vector_sets(target, [(grpo, sft)], [[0.5], [1.0]], out_dtype=torch.bfloat16)
     # As on a machine without numba: importing the fused module fails.
     monkeypatch.setattr(kernel, "_fused_module", None)
-    monkeypatch.delattr(mergekit_reasoning.merge, "fused")
-    monkeypatch.setitem(sys.modules, "mergekit_reasoning.merge.fused", None)
-    with caplog.at_level(logging.WARNING, logger="mergekit_reasoning.merge.kernel"):
+    monkeypatch.delattr(mergekit_reasoning.method, "fused")
+    monkeypatch.setitem(sys.modules, "mergekit_reasoning.method.fused", None)
+    with caplog.at_level(logging.WARNING, logger="mergekit_reasoning.method.kernel"):
         first = apply_vector_sets(target, [(grpo, sft)], [[0.5], [1.0]], out_dtype=torch.bfloat16)
         second = apply_vector_sets(target, [(grpo, sft)], [[0.5], [1.0]], out_dtype=torch.bfloat16)
     assert kernel._fused_module is False
@@ -250,7 +250,7 @@ def test_a_process_forked_after_a_merge_can_merge():
     # The child compares with numpy: torch's own OpenMP pool is not usable after a fork.
     script = (
         "import os, signal, torch\n"
-        "from mergekit_reasoning.merge.kernel import apply_vector_sets\n"
+        "from mergekit_reasoning.method.kernel import apply_vector_sets\n"
         "x = torch.randn(50000).to(torch.bfloat16)\n"
         "apply_vector_sets(x, [(x, x)], [[0.5]], out_dtype=torch.bfloat16)\n"
         "pid = os.fork()\n"

@@ -8,8 +8,8 @@ import torch
 from conftest import recipe_dict
 from helpers import bits, read_tensors
 from mergekit_runs import mergekit_yaml, run_stock
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.merge.reference import bound_ratio, ulp
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.testing.reference import bound_ratio, ulp
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 

@@ -2,7 +2,7 @@
 
 import socket
 
-from mergekit_reasoning import offline
+from mergekit_reasoning.core import offline
 
 
 def _no_dns(*args, **kwargs):

@@ -51,7 +51,7 @@ def test_modules_depend_one_way():
     A subpackage's `__init__` is not counted as importing its modules, since ours hold docstrings only.
     """
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts}
-    assert "mergekit_reasoning.merge.method" in modules and "mergekit_reasoning.cli" in modules
+    assert "mergekit_reasoning.method.reasoning_vector" in modules and "mergekit_reasoning.cli" in modules
     graph = {name: _imports(path, modules) for name, path in modules.items()}
     graph = {name: {dep for dep in deps if not modules[dep].name == "__init__.py" or dep == "mergekit_reasoning"}
              for name, deps in graph.items()}
@@ -76,7 +76,7 @@ def test_the_mergekit_helpers_we_borrow_are_where_we_expect():
     """If a mergekit release moves `_model_out_config`, `_copy_tokenizer` or
     `_copy_tagalong_files`, this names the helper; mergekit_private.py is the one
     place to adapt."""
-    from mergekit_reasoning.merge.mergekit_private import helper_problems
+    from mergekit_reasoning.executor.mergekit_private import helper_problems
 
     problems = helper_problems()
     assert not problems, "mergekit changed the private helpers mergekit_private.py wraps: " + "; ".join(problems)
@@ -85,8 +85,8 @@ def test_the_mergekit_helpers_we_borrow_are_where_we_expect():
 def test_a_moved_mergekit_helper_is_one_clear_error(monkeypatch):
     import mergekit.merge
 
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.merge.mergekit_private import copy_tokenizer, helper_problems
+    from mergekit_reasoning.core.errors import RecipeError
+    from mergekit_reasoning.executor.mergekit_private import copy_tokenizer, helper_problems
 
     monkeypatch.delattr(mergekit.merge, "_copy_tokenizer")
     assert helper_problems() == ["mergekit.merge._copy_tokenizer is gone"]
@@ -95,7 +95,7 @@ def test_a_moved_mergekit_helper_is_one_clear_error(monkeypatch):
 
 
 def test_no_module_outside_mergekit_private_touches_the_private_helpers():
-    from mergekit_reasoning.merge.mergekit_private import HELPERS
+    from mergekit_reasoning.executor.mergekit_private import HELPERS
 
     for path in PACKAGE.rglob("*.py"):
         if path.name != "mergekit_private.py":

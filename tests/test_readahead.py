@@ -2,7 +2,7 @@
 
 import yaml
 
-from mergekit_reasoning.merge.readahead import advise, recipe_model_dirs
+from mergekit_reasoning.executor.readahead import advise, recipe_model_dirs
 
 
 def test_advises_local_shards_within_budget(trio, tmp_path):

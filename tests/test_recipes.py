@@ -6,9 +6,10 @@ import yaml
 from conftest import RECIPES
 from helpers import read_tensors
 from mergekit_runs import run_stock
-from mergekit_reasoning.demo import read_tensor, tensor_files
-from mergekit_reasoning.merge.recipe import parse_recipe, retarget
-from mergekit_reasoning.merge.reference import bound_ratio
+from mergekit_reasoning.testing.demo import read_tensor, tensor_files
+from mergekit_reasoning.executor.recipe import Recipe
+from mergekit_reasoning.testing.standins import retarget
+from mergekit_reasoning.testing.reference import bound_ratio
 
 SHIPPED = sorted(p.name for p in RECIPES.glob("*.yml"))
 
@@ -20,7 +21,7 @@ def test_all_four_recipes_are_shipped():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_recipe_is_valid_mergekit_configuration(name):
     data = yaml.safe_load((RECIPES / name).read_text())
-    config = parse_recipe(data, source=name)
+    config = Recipe.from_data(data, source=name).config()
     assert config.merge_method == "reasoning_vector"
     assert str(config.base_model).startswith("Qwen/Qwen2.5-")
     assert sorted(m.parameters["role"] for m in config.models) == ["grpo", "sft"]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import recipe_dict
-from mergekit_reasoning.standins import write_trio
+from mergekit_reasoning.testing.standins import write_trio
 
 
 @pytest.fixture()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.merge.roles import pair_donors
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.method.roles import pair_donors
 
 
 def pair(roles, vectors=None, lambdas=None):

@@ -10,8 +10,8 @@ import yaml
 from mergekit.io.tensor_writer import TensorWriter
 from safetensors.torch import save, save_file
 
-from mergekit_reasoning.merge.reserve import Reservation, predicted_shard_sizes, reserve
-from mergekit_reasoning.merge.shard_writer import Entry, MappedShards, header, split_shards
+from mergekit_reasoning.executor.reserve import Reservation, predicted_shard_sizes, reserve
+from mergekit_reasoning.executor.shard_writer import Entry, MappedShards, header, split_shards
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 NAMES = ["a", "b.weight", "model.layers.10.x", "model.layers.2.x", 'quote"back\\slash', "ctl\x01\x1f\n\t", "é-ünï", "\u2028sep", "z" * 300]
@@ -153,7 +153,7 @@ def test_reserved_files_of_any_size_give_the_same_bytes_and_vanish(tmp_path):
 def test_spare_reserved_files_are_removed(tmp_path):
     tensors = {"a": torch.ones(3)}
     reservation = Reservation([[]], budget=0)
-    from mergekit_reasoning.merge.reserve import _create
+    from mergekit_reasoning.executor.reserve import _create
 
     spares = [_create(tmp_path / ".x.reserved-1-0", 4096), _create(tmp_path / ".x.reserved-1-1", 4096)]
     (tmp_path / "out").mkdir()

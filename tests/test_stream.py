@@ -8,7 +8,7 @@ import torch
 from conftest import recipe_dict
 from helpers import assert_bitwise_equal, bits, file_hashes, read_tensors
 from mergekit_runs import mergekit_yaml, ours, run_stock
-from mergekit_reasoning.merge.reference import bound_ratio
+from mergekit_reasoning.testing.reference import bound_ratio
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 
@@ -116,7 +116,7 @@ def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, mon
     """Scoring a fresh merge (the harness hashes what it scores) must not re-read its shards."""
     import hashlib
 
-    from mergekit_reasoning.repro import hashing
+    from mergekit_reasoning.core import hashing
     monkeypatch.setenv("MERGEKIT_REASONING_CACHE", str(tmp_path / "hash-cache"))
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
     done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "1", "--quiet")
@@ -143,21 +143,22 @@ def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, mon
 def _merge_in_process(recipe: dict, tmp_path, name: str, *, lambdas=None, shard="5B"):
     import yaml
 
-    from mergekit_reasoning.cli import _options
-    from mergekit_reasoning.merge import stream
-    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.executor import stream
+    from mergekit_reasoning.executor.recipe import Recipe
+    from mergekit_reasoning.executor.run import MergeSettings
 
     path = tmp_path / f"{name}.yml"
     path.write_text(yaml.safe_dump(recipe))
     root = tmp_path / name
     outs = [root / f"lambda_{lam:g}" for lam in lambdas] if lambdas else [root]
-    stream.merge(check_recipe(*load_recipe(path)), outs, _options(out_shard_size=shard, quiet=True), lambdas=lambdas)
+    options = MergeSettings(out_shard_size=shard).mergekit_options()
+    stream.merge(Recipe.read(path).check(), outs, options, lambdas=lambdas)
     return outs
 
 
 def mapped_writers(monkeypatch) -> list:
     """The output folders the mapped writer is opened for, from now on."""
-    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.executor import stream
 
     made = []
 
@@ -185,7 +186,7 @@ SCENARIOS = {
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, trio, untied_trio, make_model, tmp_path, monkeypatch):
     """Every file of the output, the manifest's hashes included, as the mergekit-writer path made them."""
-    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.executor import stream
 
     spec = SCENARIOS[scenario]
     grpo, sft = (untied_trio["grpo"], untied_trio["sft"]) if spec.get("untied_donors") else (trio["grpo"], trio["sft"])
@@ -215,7 +216,7 @@ def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, tri
 def test_outputs_it_cannot_lay_out_ahead_keep_mergekits_writer(trio, tmp_path, monkeypatch):
     """A tensor mergekit would convert rather than read (or a mergekit that resolves names
     another way) leaves the headers unknown: the executor falls back, same result."""
-    from mergekit_reasoning.merge import layout
+    from mergekit_reasoning.executor import layout
 
     reference, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "ref")
     made = mapped_writers(monkeypatch)
@@ -228,10 +229,10 @@ def test_outputs_it_cannot_lay_out_ahead_keep_mergekits_writer(trio, tmp_path, m
 def test_reserved_outputs_are_adopted_and_leave_nothing_behind(trio, tmp_path):
     import yaml
 
-    from mergekit_reasoning.cli import _options
-    from mergekit_reasoning.merge import stream
-    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
-    from mergekit_reasoning.merge.reserve import reserve
+    from mergekit_reasoning.executor import stream
+    from mergekit_reasoning.executor.recipe import Recipe
+    from mergekit_reasoning.executor.reserve import reserve
+    from mergekit_reasoning.executor.run import MergeSettings
 
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.7)
     reference, = _merge_in_process(recipe, tmp_path, "reference")
@@ -241,7 +242,8 @@ def test_reserved_outputs_are_adopted_and_leave_nothing_behind(trio, tmp_path):
     outs[0].parent.mkdir()
     reservation = reserve(path, outs, 5 * 10**9, budget=1 << 30)
     assert len([p for p in outs[0].parent.iterdir() if ".reserved-" in p.name]) == 2
-    stream.merge(check_recipe(*load_recipe(path)), outs, _options(quiet=True), lambdas=[0.7, 0.7], reservation=reservation)
+    options = MergeSettings().mergekit_options()
+    stream.merge(Recipe.read(path).check(), outs, options, lambdas=[0.7, 0.7], reservation=reservation)
     reservation.release()
     assert sorted(p.name for p in outs[0].parent.iterdir()) == ["a", "b"]
     for out in outs:
@@ -252,7 +254,7 @@ def test_a_folder_that_cannot_be_mapped_gets_mergekits_writer(trio, tmp_path, mo
     """Some network and FUSE file systems refuse shared writable mappings: same files, one warning."""
     import errno
 
-    from mergekit_reasoning.merge import shard_writer
+    from mergekit_reasoning.executor import shard_writer
 
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.7)
     reference = _merge_in_process(recipe, tmp_path, "reference", lambdas=[0.7, 1.0], shard="20K")
@@ -272,8 +274,8 @@ def test_a_folder_that_cannot_be_mapped_gets_mergekits_writer(trio, tmp_path, mo
 def test_a_full_disk_is_one_line_before_anything_is_written(trio, tmp_path, monkeypatch):
     import errno
 
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.merge import shard_writer
+    from mergekit_reasoning.core.errors import RecipeError
+    from mergekit_reasoning.executor import shard_writer
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -10,7 +10,7 @@ from conftest import recipe_dict
 from helpers import assert_bitwise_equal, read_tensors
 from mergekit_runs import ours, run_stock
 from mergekit_reasoning.cli import main
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.vectors.files import Sparsify, extract
 
 

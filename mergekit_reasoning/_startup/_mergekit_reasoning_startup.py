@@ -46,7 +46,7 @@ class _RegisterAfterImport:
 
 def _register():
     try:
-        import mergekit_reasoning.merge.method  # noqa: F401  (registers on import)
+        import mergekit_reasoning.method.reasoning_vector  # noqa: F401  (registers on import)
     except Exception as error:  # a broken plugin must not break mergekit itself
         import warnings
 

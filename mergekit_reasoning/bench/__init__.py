@@ -10,16 +10,16 @@ from __future__ import annotations
 
 __all__ = ["run_bench", "run_sweep", "BenchError"]
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 
 def __getattr__(name):
     if name == "run_bench":
-        from .runner import run_bench
+        from mergekit_reasoning.bench.runner import run_bench
 
         return run_bench
     if name == "run_sweep":
-        from .sweep import run_sweep
+        from mergekit_reasoning.bench.sweep import run_sweep
 
         return run_sweep
     raise AttributeError(name)

@@ -18,8 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .engines import child_environment
-from .errors import BenchError
+from mergekit_reasoning.bench.engines import child_environment
+from mergekit_reasoning.core.errors import BenchError
 
 POLL_SECONDS = 1.0
 
@@ -92,7 +92,7 @@ def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: d
 
 
 def _lm_eval_name(unit) -> str:
-    from . import registry
+    from mergekit_reasoning.bench import registry
 
     return registry.lm_eval_name(unit[2], unit[3])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Union
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 THINK_INSTRUCTION = "Think step by step, then give the final answer."
 _WORDS = {"plain", "think", "chat", "nochat"}

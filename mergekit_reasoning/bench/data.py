@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 # Hub dataset ids (and configs) that lm-evaluation-harness itself uses.
 HUB = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Union
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 ENGINES = ("hf", "vllm")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -105,7 +105,7 @@ def resolved_device(settings: dict) -> str:
 
 
 def engine_versions(engine: str) -> Dict[str, Optional[str]]:
-    from mergekit_reasoning.repro.manifest import package_versions
+    from mergekit_reasoning.core.provenance import package_versions
 
     return package_versions(ENGINE_PACKAGES[engine])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from . import registry
+from mergekit_reasoning.bench import registry
 
 
 def _task_config(lm_name: str) -> dict:

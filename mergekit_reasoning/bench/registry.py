@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from .errors import BenchError
+from mergekit_reasoning.core.errors import BenchError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 BBH_PREFIX = "mkr_bbh_cot_fewshot"
@@ -96,7 +96,7 @@ def _subsets(task: str) -> tuple:
 
 def check_data(task: str, data_dir) -> None:
     """Raise BenchError naming the first local file a task needs but cannot find."""
-    from . import data
+    from mergekit_reasoning.bench import data
 
     for subset in _subsets(task):
         data.local_files(dataset(task), Path(data_dir), subset)
@@ -119,7 +119,7 @@ def data_source(task: str, data_dir) -> dict:
     {"hub": id, "config": ..., "origin": "hub", "split": "test"}; the BBH group maps
     each subtask to such a record.
     """
-    from . import data
+    from mergekit_reasoning.bench import data
 
     def one(subset):
         src = data.source(dataset(task), data_dir, subset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from . import registry
+from mergekit_reasoning.bench import registry
 
 # The metric each task is summarised by in plots and sweeps.
 PRIMARY = {

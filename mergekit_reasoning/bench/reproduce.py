@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-import click
-
-from . import paper, registry
-from .cli import one_line_errors, print_table, scoring_kwargs, scoring_options
-from .errors import BenchError
+from mergekit_reasoning.bench import paper, registry
+from mergekit_reasoning.core.errors import BenchError
+from mergekit_reasoning.executor.recipe import Recipe
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
 CONDITIONS = "plain,think"
@@ -38,21 +36,17 @@ class PairRecipe:
     lam: float
     dtype: str
 
+    def merge_recipe(self) -> Recipe:
+        """The recipe the merges are made from: the same pair written plainly, so a recipe
+        and its subtracting twin (or one with other comments) share their merges."""
+        return Recipe.for_pair(self.target, self.grpo, self.sft, 1.0, self.dtype)
+
 
 def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
     """Read RECIPE and refuse, in one line, anything `merge_lambdas` would not merge exactly as written."""
-    import yaml
-
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.merge.recipe import load_recipe
-
-    try:
-        text, _ = load_recipe(Path(path))  # mergekit's schema, merge_method and base_model
-    except RecipeError as exc:
-        raise BenchError(exc.message) from None
-    except UnicodeDecodeError:
-        raise BenchError(f"recipe {path}: not a UTF-8 text file") from None
-    data = yaml.safe_load(text)
+    recipe = Recipe.read(Path(path))
+    recipe.config()  # mergekit's schema, merge_method and base_model
+    data = recipe.data
     where = f"recipe {path}"
     unsupported = sorted(set(data) - _TOP_KEYS)
     if unsupported:
@@ -114,8 +108,8 @@ def reproduce(
     name (e.g. 1.5B), "none" shows none. Every other keyword (data_dir, limit,
     batch_size, device, engine options ...) goes to `run_bench` unchanged.
     """
-    from .runner import run_bench
-    from .sweep import merge_lambdas
+    from mergekit_reasoning.bench.runner import run_bench
+    from mergekit_reasoning.bench.sweep import merge_lambdas
 
     pair = read_pair_recipe(recipe)
     size = _size(paper_size, pair.target)
@@ -124,7 +118,7 @@ def reproduce(
         for task in task_list:
             registry.check_data(task, Path(options["data_dir"]).expanduser())
     out = Path(out_dir)
-    merged = merge_lambdas(pair.target, pair.sft, pair.grpo, [pair.lam, -pair.lam], out / "merges", pair.dtype)
+    merged = merge_lambdas(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges")
     models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
     extra = {**options.pop("extra", {}), "reproduce": {
         "recipe": str(Path(recipe).resolve()), "lambda": pair.lam, "merge_dtype": pair.dtype,
@@ -141,26 +135,3 @@ def reproduce(
     (out / "table.md").write_text(head + paper.comparison_markdown(document, size, {PLUS: PLUS, MINUS: MINUS})
                                   + "\n" + every_score)
     return document
-
-
-@click.command("reproduce")
-@click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", default="reproduce-out", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for table.md, results.json, plots/, the merges and the score cache.")
-@click.option("--tasks", default=DEFAULT_TASKS, show_default=True, help="As for bench, e.g. gsm8k_cot,sciq,bbh_navigate.")
-@click.option("--conditions", default=CONDITIONS, show_default=True, help="As for bench; the paper's are plain and think.")
-@click.option("--paper-size", default="auto", show_default=True,
-              help="Which of the paper's figures to show: auto (from the target's name), 1.5B, or none.")
-@scoring_options
-def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, **scoring):
-    """The paper's table: merge +v and −v from RECIPE, score them and the target, compare with the paper.
-
-    Scores the recipe's target (base), target + |λ|·v and target − |λ|·v on GSM8K
-    (plain and with distractors), HumanEval, SciQ and BBH, each with the plain and
-    the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
-    OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
-    """
-    with one_line_errors():
-        reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size,
-                  **scoring_kwargs(**scoring))
-    print_table(out_dir)

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from . import registry, sandbox
-from .children import is_main_rank, score_in_children
-from .conditions import Condition, parse_conditions
-from .engines import engine_settings, score_identity
-from .errors import BenchError
-from .identity import check_model, model_identity, package_versions
-from .results import jsonable, load_unit, unit_key
+from mergekit_reasoning.bench import registry, sandbox
+from mergekit_reasoning.bench.children import is_main_rank, score_in_children
+from mergekit_reasoning.bench.conditions import Condition, parse_conditions
+from mergekit_reasoning.bench.engines import engine_settings, score_identity
+from mergekit_reasoning.core.errors import BenchError
+from mergekit_reasoning.bench.identity import check_model, model_identity, package_versions
+from mergekit_reasoning.bench.results import jsonable, load_unit, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,13 @@ def run_bench(
             {"label": u[0], "condition": u[1].name, "task": u[2], "variant": u[3], "samples": done[u].get("samples")}
             for u in units
         ]
-    from .report import markdown_table
+    from mergekit_reasoning.bench.report import markdown_table
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(document), indent=1))
     (out / "table.md").write_text(markdown_table(document))
     if plots:
-        from .plots import plot_scores
+        from mergekit_reasoning.bench.plots import plot_scores
 
         plot_scores(document, out / "plots" / "scores.png")
     return document

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import sandbox_rpc
-from .errors import BenchError
-from .sandbox_cgroup import CgroupUnavailable, ProgramCgroup
+from mergekit_reasoning.bench import sandbox_rpc
+from mergekit_reasoning.core.errors import BenchError
+from mergekit_reasoning.bench.sandbox_cgroup import CgroupUnavailable, ProgramCgroup
 
 # Private uids for programs when the harness is root (a range no distribution hands out).
 UID_BASE = 0x70000000

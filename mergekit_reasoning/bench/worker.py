@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .conditions import Condition
-from .errors import BenchError
+from mergekit_reasoning.bench.conditions import Condition
+from mergekit_reasoning.core.errors import BenchError
 
 
 def score_model(job: dict) -> None:
@@ -23,9 +23,9 @@ def score_model(job: dict) -> None:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from . import registry, sandbox
-    from .engines import make_lm
-    from .results import records_for, samples_for, save_unit
+    from mergekit_reasoning.bench import registry, sandbox
+    from mergekit_reasoning.bench.engines import make_lm
+    from mergekit_reasoning.bench.results import records_for, samples_for, save_unit
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     sandbox.allow_weak_isolation(job.get("allow_weak_sandbox", False))  # the parent checked and recorded it

@@ -1,3 +1,2 @@
-"""Reproducible merges: the manifest a merge writes (`manifest`), `verify`,
-`regenerate`, content hashes with their cache (`hashing`), and the staging folder
-every output is written into before it is renamed into place (`staging`)."""
+"""Reproducible merges, checked: `verify` a folder against its manifest, `regenerate`
+the recipes whose text or inputs changed."""

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.executor import manifest, run
+from mergekit_reasoning.executor.recipe import Recipe
 
 
 @dataclass
@@ -30,28 +32,25 @@ def recipe_files(source: Path) -> List[Path]:
     return files
 
 
-def regenerate(source: Path, out_dir: Path, options, *, echo: Callable[[str], None] = print) -> Outcome:
-    from mergekit_reasoning.merge import stream
-    from mergekit_reasoning.repro.manifest import NAME, describe_inputs, input_key, output_problems, read_manifest
-    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
-
+def regenerate(
+    source: Path, out_dir: Path, settings: run.MergeSettings = run.MergeSettings(), *, echo: Callable[[str], None] = print
+) -> Outcome:
     outcome = Outcome()
-    for recipe in recipe_files(source):
-        out = Path(out_dir) / recipe.stem
+    for path in recipe_files(source):
+        out = Path(out_dir) / path.stem
         try:
-            checked = check_recipe(*load_recipe(recipe))
-            inputs = describe_inputs(checked)
-            key = input_key(checked.text, inputs)
-            if (out / NAME).exists():
-                manifest = read_manifest(out)
-                if manifest.get("key") == key and not output_problems(out, manifest):
-                    echo(f"unchanged {recipe.name}: {out}")
-                    outcome.skipped.append(recipe.name)
-                    continue
-            stream.merge(checked, [out], options, overwrite=True, inputs=inputs)
-            echo(f"merged    {recipe.name}: {out}")
-            outcome.merged.append(recipe.name)
-        except RecipeError as error:
-            echo(f"failed    {recipe.name}: {error.message}")
-            outcome.failed.append(recipe.name)
+            recipe = Recipe.read(path)
+            inputs = manifest.describe_inputs(recipe.check())
+            key = manifest.input_key(recipe.text, inputs)
+            recorded = manifest.completed(out)
+            if recorded is not None and recorded.get("key") == key and not manifest.output_problems(out, recorded):
+                echo(f"unchanged {path.name}: {out}")
+                outcome.skipped.append(path.name)
+                continue
+            run.merge(recipe, [out], settings, overwrite=True, inputs=inputs, echo=echo)
+            echo(f"merged    {path.name}: {out}")
+            outcome.merged.append(path.name)
+        except Error as error:
+            echo(f"failed    {path.name}: {error}")
+            outcome.failed.append(path.name)
     return outcome

@@ -2,15 +2,20 @@
 
 import tempfile
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
+
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.executor import manifest as merges
+from mergekit_reasoning.executor import run
+from mergekit_reasoning.executor.recipe import Recipe
+from mergekit_reasoning.method import vector_format as vectors
+from mergekit_reasoning.method.compat import read_model_info
 
 
-def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = False, options_factory: Callable = None) -> List[str]:
+def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = False) -> List[str]:
     """Every problem found, one line each; an empty list means the folder is as recorded."""
-    from mergekit_reasoning.repro import manifest as merges
-    from mergekit_reasoning.vectors import manifest as vectors
     folder = Path(folder)
     vector = vectors.read_manifest(folder)
     if vector is not None:
@@ -20,42 +25,31 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
     if check_inputs:
         problems += merges.input_problems(recorded)
     if remerge:
-        size = str(recorded.get("out_shard_size", "5B"))
-        problems += _remerge_problems(folder, recorded, options_factory(out_shard_size=size, quiet=True))
+        problems += _remerge_problems(folder, recorded)
     return problems
 
 
 def _vector_problems(folder: Path, manifest) -> List[str]:
-    from mergekit_reasoning.merge.compat import read_model_info
-    from mergekit_reasoning.repro.manifest import shard_problems
-    from mergekit_reasoning.vectors.manifest import check_against_shards
-
-    problems = shard_problems(folder, manifest["shards"])
+    problems = merges.shard_problems(folder, manifest["shards"])
     if not problems:
         try:
-            from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
-
             index = ShardedTensorIndex.from_disk(str(folder))
-            check_against_shards(str(folder), manifest, read_model_info(str(folder), str(folder), index.tensor_paths, {}))
+            info = read_model_info(str(folder), str(folder), index.tensor_paths, {})
+            vectors.check_against_shards(str(folder), manifest, info)
         except RecipeError as error:
-            problems.append(error.message)
+            problems.append(str(error))
     return problems
 
 
-def _remerge_problems(folder: Path, recorded, options) -> List[str]:
+def _remerge_problems(folder: Path, recorded) -> List[str]:
     """Merge again from the recorded recipe and compare shard hashes."""
-    import yaml
-
-    from mergekit_reasoning.merge import stream
-    from mergekit_reasoning.repro.manifest import read_manifest
-    from mergekit_reasoning.merge.recipe import check_recipe, parse_recipe
-
-    checked = check_recipe(recorded["recipe"], parse_recipe(yaml.safe_load(recorded["recipe"]), source=f"{folder} (recorded recipe)"))
+    recipe = Recipe.from_text(recorded["recipe"], source=f"{folder} (recorded recipe)")
+    settings = run.MergeSettings(out_shard_size=str(recorded.get("out_shard_size", "5B")))
     lam = recorded.get("lambda_override")
     with tempfile.TemporaryDirectory(prefix="remerge-", dir=folder.parent) as scratch:
         again = Path(scratch) / folder.name
-        stream.merge(checked, [again], options, lambdas=None if lam is None else [lam])
-        fresh = read_manifest(again)["outputs"]
+        run.merge(recipe, [again], settings, lambdas=None if lam is None else [lam])
+        fresh = merges.read_manifest(again)["outputs"]
     return [
         f"shard {name}: a fresh merge of the recorded recipe gives different bytes"
         for name in sorted(set(fresh) | set(recorded["outputs"]))

@@ -20,10 +20,10 @@ from typing import Dict, Optional
 
 import torch
 
-from mergekit_reasoning.merge.compat import HEAD, STRUCTURE_KEYS, source_tensor
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.repro.staging import refuse_non_empty, staged
-from mergekit_reasoning.vectors.manifest import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
+from mergekit_reasoning.method.compat import HEAD, STRUCTURE_KEYS, source_tensor
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.method.vector_format import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
 
 SPARSIFY = ("magnitude", "dare")
 STORAGES = ("dense", "sparse")
@@ -83,10 +83,10 @@ def extract(
     from mergekit.common import ModelReference
     from mergekit.io.tensor_writer import TensorWriter
 
-    from mergekit_reasoning.merge.compat import check_compatible
-    from mergekit_reasoning.repro.hashing import hash_files
-    from mergekit_reasoning.merge.inputs import loader, model_info
-    from mergekit_reasoning.repro.manifest import package_versions
+    from mergekit_reasoning.method.compat import check_compatible
+    from mergekit_reasoning.core.hashing import hash_files
+    from mergekit_reasoning.method.models import loader, model_info
+    from mergekit_reasoning.core.provenance import package_versions
 
     if dtype not in DTYPES:
         raise RecipeError(f"unknown vector dtype {dtype!r}: use {' or '.join(DTYPES)}")
@@ -199,7 +199,7 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
     """Rebuild the dense vector folder from a sparse one, bit for bit."""
     from mergekit.io.tensor_writer import TensorWriter
 
-    from mergekit_reasoning.repro.hashing import hash_files
+    from mergekit_reasoning.core.hashing import hash_files
 
     source, out = Path(source), Path(out)
     manifest = read_manifest(source)
@@ -223,7 +223,7 @@ def _in_manifest_order(pairs, manifest):
 
 
 def _source(ref) -> Dict:
-    from mergekit_reasoning.merge.inputs import local_folder
+    from mergekit_reasoning.method.models import local_folder
 
     _, revision = local_folder(ref)
     return {"model": str(ref), "revision": revision}

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
@@ -29,7 +29,7 @@ def group_of(name: str) -> Tuple[str, str]:
 
 def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
     """Dense tensors of a vector folder, sparse storage included."""
-    from mergekit_reasoning.vectors.manifest import read_manifest
+    from mergekit_reasoning.method.vector_format import read_manifest
     from mergekit_reasoning.vectors.files import dense_tensors
 
     if not any(Path(folder).glob("*.safetensors")):

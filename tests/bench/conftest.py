@@ -24,6 +24,6 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def trio(tmp_path_factory):
-    from mergekit_reasoning.standins import write_trio
+    from mergekit_reasoning.testing.standins import write_trio
 
     return write_trio(tmp_path_factory.mktemp("trio"))

@@ -30,7 +30,7 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (see
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A tiny random Qwen2 with 64-wide heads (vLLM's CPU attention wants 32 or more)."""
-    from mergekit_reasoning import standins
+    from mergekit_reasoning.testing import standins
 
     standins.SHAPES["engines-test"] = standins.Shape(128, 256, 2, 1, 512, True)
     try:
@@ -85,7 +85,7 @@ def test_bad_engine_settings_are_one_clear_line(kwargs, message):
 
 def test_cli_passes_engine_options_through(monkeypatch, model, tmp_path):
     from mergekit_reasoning.bench import runner
-    from mergekit_reasoning.bench.cli import bench
+    from mergekit_reasoning.cli import main
 
     seen, real = {}, runner.run_bench
 
@@ -94,7 +94,7 @@ def test_cli_passes_engine_options_through(monkeypatch, model, tmp_path):
         raise BenchError("stop here")
 
     monkeypatch.setattr(runner, "run_bench", fake_run_bench)
-    result = CliRunner().invoke(bench, [
+    result = CliRunner().invoke(main, ["bench", 
         "--model", f"m={model}", "--engine", "vllm", "--dtype", "bfloat16", "--tensor-parallel-size", "2",
         "--data-parallel-size", "3", "--gpu-memory-utilization", "0.8", "--max-model-len", "4096", "--enforce-eager",
         "--out", str(tmp_path),
@@ -107,7 +107,7 @@ def test_cli_passes_engine_options_through(monkeypatch, model, tmp_path):
     assert "parallelize" not in seen  # not given: the engine's own default
 
     monkeypatch.setattr(runner, "run_bench", real)
-    result = CliRunner().invoke(bench, ["--model", f"m={model}", "--engine", "vllm", "--parallelize", "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench", "--model", f"m={model}", "--engine", "vllm", "--parallelize", "--out", str(tmp_path)])
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
     assert "'parallelize' does not apply to --engine vllm" in result.output
 
@@ -365,10 +365,10 @@ def test_both_engines_receive_identical_requests_and_greedy_answers_agree(model,
 
 @needs_vllm
 def test_bench_cli_with_vllm_scores_offline_with_the_same_table_layout(scored, model, fixture_data, tmp_path):
-    from mergekit_reasoning.bench.cli import bench
+    from mergekit_reasoning.cli import main
 
     out = tmp_path / "vllm"
-    result = CliRunner().invoke(bench, [
+    result = CliRunner().invoke(main, ["bench", 
         "--engine", "vllm", "--enforce-eager", "--model", f"m={model}", "--tasks", "sciq", "--limit", "2",
         "--batch-size", "4", "--dtype", "float32", "--data-dir", str(fixture_data), "--out", str(out), "--no-plots",
     ])

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_reasoning.bench import BenchError
-from mergekit_reasoning.bench.cli import bench
+from mergekit_reasoning.cli import main
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
@@ -20,8 +20,10 @@ FAST = dict(limit=1, max_gen_toks=4, batch_size=4, progress=False)
 @pytest.fixture(scope="module")
 def labelled(trio, tmp_path_factory):
     from mergekit_reasoning.bench.sweep import merge_lambdas
+    from mergekit_reasoning.executor.recipe import Recipe
 
-    merged = merge_lambdas(trio["target"], trio["sft"], trio["grpo"], [1.0, -1.0], tmp_path_factory.mktemp("merges"))
+    recipe = Recipe.for_pair(trio["target"], trio["grpo"], trio["sft"])
+    merged = merge_lambdas(recipe, [1.0, -1.0], tmp_path_factory.mktemp("merges"))
     return {"base": str(trio["target"]), "plus": str(merged[1.0]), "minus": str(merged[-1.0])}
 
 
@@ -97,7 +99,7 @@ def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_d
     args += ["--tasks", "sciq,humaneval", "--conditions", "plain,think+chat", "--out", str(out),
              "--data-dir", str(fixture_data), "--limit", "1", "--max-gen-toks", "4", "--log-samples",
              "--baseline", "minus", "--batch-size", "4", "--adversarial"]
-    result = CliRunner().invoke(bench, args)
+    result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 0, result.output
     assert "| minus | base | Δ base |" in result.output
     scored = [
@@ -124,14 +126,14 @@ def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_d
 )
 def test_cli_errors_are_one_clear_line(args, message, trio, fixture_data, tmp_path):
     args = [a.replace("__TARGET__", str(trio["target"])) for a in args]
-    result = CliRunner().invoke(bench, args + ["--data-dir", str(fixture_data), "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench"] + args + ["--data-dir", str(fixture_data), "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_missing_data_file_is_a_clear_error(trio, tmp_path):
-    result = CliRunner().invoke(bench, ["--model", f"a={trio['target']}", "--tasks", "sciq", "--data-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench", "--model", f"a={trio['target']}", "--tasks", "sciq", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0 and "missing data file:" in result.output and "sciq" in result.output
 
 

@@ -11,10 +11,11 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_reasoning.bench import BenchError
+from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.bench.paper import comparison_markdown, size_of
 from mergekit_reasoning.cli import main
-from mergekit_reasoning.merge.recipe import retarget
-from mergekit_reasoning.shipped import recipes_dir
+from mergekit_reasoning.testing.standins import retarget
+from mergekit_reasoning.core.shipped import recipes_dir
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
@@ -44,7 +45,7 @@ class _Calls:
     """Counts the merges (λ values per pass) and the lm-eval runs that really happen (in scoring children)."""
 
     def __init__(self, monkeypatch):
-        from mergekit_reasoning.merge import stream
+        from mergekit_reasoning.executor import stream
         from .spies import spy_on_children
 
         self.merges, self.jobs = [], spy_on_children(monkeypatch)
@@ -222,8 +223,8 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
 
     seen = {}
 
-    def merge_lambdas(target, sft, grpo, lams, out_root, dtype):
-        seen["merge"] = (lams, dtype)
+    def merge_lambdas(recipe, lams, out_root):
+        seen["merge"] = (lams, recipe.data["dtype"])
         return {lam: out_root / f"lambda={lam:g}" for lam in lams}
 
     def run_bench(models, tasks, **kwargs):
@@ -294,19 +295,19 @@ def test_reproduce_is_a_command_with_help():
     assert result.exit_code == 0 and "--paper-size" in result.output and "think" in result.output
 
 
-def test_python_callers_get_bench_error(tmp_path):
+def test_python_callers_get_one_package_error(tmp_path):
     from mergekit_reasoning.bench.reproduce import reproduce
 
-    with pytest.raises(BenchError, match="No such file"):
+    with pytest.raises(RecipeError, match="No such file"):
         reproduce(tmp_path / "missing.yml", tmp_path / "out")
-    with pytest.raises(BenchError, match="Is a directory"):
+    with pytest.raises(RecipeError, match="Is a directory"):
         reproduce(tmp_path, tmp_path / "out")
     binary = tmp_path / "binary.yml"
     binary.write_bytes(bytes(range(256)))
-    with pytest.raises(BenchError, match="not a UTF-8 text file"):
+    with pytest.raises(RecipeError, match="not a UTF-8 text file"):
         reproduce(binary, tmp_path / "out")
     nested = tmp_path / "nested.yml"
     nested.write_text("a: &a [*a]\n")  # a self-referencing YAML alias
-    with pytest.raises(BenchError, match="nested.yml"):
+    with pytest.raises(RecipeError, match="nested.yml"):
         reproduce(nested, tmp_path / "out")
     assert not (tmp_path / "out").exists()

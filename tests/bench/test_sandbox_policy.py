@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_reasoning.bench import sandbox
-from mergekit_reasoning.bench.cli import bench
+from mergekit_reasoning.cli import main
 from mergekit_reasoning.bench.report import markdown_table
 
 PROMPT = 'def add(a, b):\n    """The sum."""\n'
@@ -36,7 +36,7 @@ def test_without_opt_in_scoring_stops_with_one_line_naming_what_is_missing(bare_
 
 
 def test_cli_stops_before_loading_anything(bare_host, tmp_path):
-    result = CliRunner().invoke(bench, ["--model", f"a={tmp_path / 'no-such-model'}", "--tasks", "humaneval",
+    result = CliRunner().invoke(main, ["bench", "--model", f"a={tmp_path / 'no-such-model'}", "--tasks", "humaneval",
                                         "--out", str(tmp_path / "out")])
     assert result.exit_code != 0
     assert "full sandbox isolation" in result.output and "no-such-model" not in result.output

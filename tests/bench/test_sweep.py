@@ -1,7 +1,6 @@
 """λ sweep: each λ merged with reasoning_vector and scored; a rerun redoes nothing finished."""
 
 import json
-import shutil
 
 import pytest
 
@@ -12,7 +11,7 @@ LAMBDAS = [0.0, 0.5, 1.0]
 
 
 def _spies(monkeypatch):
-    from mergekit_reasoning.merge import stream
+    from mergekit_reasoning.executor import stream
     from .spies import spy_on_children
 
     calls = {"merge": [], "score": [], "passes": 0}
@@ -52,7 +51,7 @@ def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, mon
     assert len(sciq) == 3 and all(s["stderr"] is not None for s in sciq)
     assert (out / "plots" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     merged = out / "merges" / "lambda=0.5"
-    assert json.loads((merged / ".merge-complete").read_text())["config"]["parameters"]["lambda"] == 0.5
+    assert json.loads((merged / "reasoning_merge.json").read_text())["lambda_override"] == 0.5
     assert "Δ lambda=1" in (out / "table.md").read_text()
 
     # A rerun finds everything done.
@@ -62,26 +61,25 @@ def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, mon
     assert calls == {"merge": [], "score": [], "passes": 0}
     assert again["scores"] == doc["scores"]
 
-    # An interruption: λ=0.5's merge never finished and one finished score was lost.
-    shutil.move(merged, merged.with_name("lambda=0.5.partial"))
-    (merged.with_name("lambda=0.5.partial") / ".merge-complete").unlink()
+    # An interruption: λ=0.5's merge never finished (no manifest) and one finished score was lost.
+    (merged / "reasoning_merge.json").unlink()
     next(iter(sorted((out / "cache").glob("*.json")))).unlink()
     resumed = _sweep(trio, out, fixture_data)
     assert calls["merge"] == [0.5]  # only the unfinished merge is redone
     assert len(calls["score"]) == 1  # only the lost unit is scored (the re-merge is bit-identical)
     assert resumed["models"] == doc["models"]
     assert resumed["scores"] == doc["scores"]
-    assert not merged.with_name("lambda=0.5.partial").exists()
+    assert json.loads((merged / "reasoning_merge.json").read_text())["lambda_override"] == 0.5
 
 
 def test_sweep_cli_needs_its_three_models(trio, tmp_path):
     from click.testing import CliRunner
 
-    from mergekit_reasoning.bench.cli import bench
+    from mergekit_reasoning.cli import main
 
-    result = CliRunner().invoke(bench, ["--sweep", "0,x", "--target", "a", "--sft", "b", "--grpo", "c", "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench", "--sweep", "0,x", "--target", "a", "--sft", "b", "--grpo", "c", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "--sweep expects numbers" in result.output
     result = CliRunner().invoke(
-        bench, ["--sweep", "1", "--target", str(trio["target"]), "--sft", str(tmp_path / "nope"), "--grpo", str(trio["grpo"])]
+        main, ["bench", "--sweep", "1", "--target", str(trio["target"]), "--sft", str(tmp_path / "nope"), "--grpo", str(trio["grpo"])]
     )
     assert result.exit_code != 0 and "cannot load model 'sft'" in result.output

@@ -178,9 +178,9 @@ def test_data_source_names_the_split_scored(fixture_data, tmp_path):
 def test_bench_cli_scores_single_bbh_subtasks(trio, fixture_data, tmp_path):
     from click.testing import CliRunner
 
-    from mergekit_reasoning.bench.cli import bench
+    from mergekit_reasoning.cli import main
 
-    result = CliRunner().invoke(bench, [
+    result = CliRunner().invoke(main, ["bench", 
         "--model", f"a={trio['target']}", "--tasks", "bbh_navigate,bbh_web_of_lies", "--data-dir", str(fixture_data),
         "--out", str(tmp_path), "--limit", "1", "--max-gen-toks", "4", "--batch-size", "4", "--no-plots",
     ])

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.formats import stored_tensors
 
 # Config fields that must agree for the same tensor name to mean the same thing.
 STRUCTURE_KEYS = (
@@ -68,51 +69,16 @@ class Compatibility:
 
 def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str], config: Mapping) -> ModelInfo:
     """Shapes from the safetensors headers of a model's shards (pickles: none)."""
-    from safetensors import safe_open
-
     shapes: Dict[str, Tuple[int, ...]] = {}
-    by_file: Dict[str, List[str]] = {}
-    for name, file in tensor_files.items():
-        by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
-        path = os.path.join(base_path, file)
-        if not path.endswith(".safetensors"):
+    for file in sorted(set(tensor_files.values())):
+        if not file.endswith(".safetensors"):
             continue
         try:
-            with safe_open(path, framework="pt") as handle:
-                for name in names:
-                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+            stored = stored_tensors(os.path.join(base_path, file))
         except Exception as error:
             raise RecipeError(f"model {label}: cannot read {file}: {error}") from None
+        shapes.update({name: shape for name, (_, shape) in stored.items() if tensor_files.get(name) == file})
     return ModelInfo(label=label, config=dict(config), shapes=shapes)
-
-
-def stored_tensors(path: str) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
-    """name -> (dtype, shape) of a safetensors file, from its header as safetensors reads
-    and checks it (offsets inside the file, sizes that match the shapes); no weight is
-    read and torch is not imported. Raises on a file that is not a valid safetensors file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as handle:
-        return {
-            name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
-            for name in handle.keys()
-        }
-
-
-def shard_problem(folder: str) -> str:
-    """Name the safetensors shard of a local folder that fails to open, if any."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    for shard in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(str(shard), framework="pt"):
-                pass
-        except Exception as error:
-            return f"{shard.name} is truncated or corrupt ({error})"
-    return ""
 
 
 def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo], *, what: str = "the target") -> Compatibility:

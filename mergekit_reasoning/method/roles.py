@@ -11,7 +11,7 @@ from typing import Dict, Generic, Hashable, List, Mapping, Optional, Sequence, T
 
 from typing_extensions import Literal
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
 
 Role = Literal["grpo", "sft", "vector"]
 ROLES: Tuple[str, ...] = ("grpo", "sft")

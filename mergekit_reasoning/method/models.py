@@ -7,9 +7,10 @@ from typing import Optional, Tuple
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
-from mergekit_reasoning.merge.compat import ModelInfo, read_model_info, shard_problem
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.vectors.manifest import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
+from mergekit_reasoning.core.formats import broken_shard
+from mergekit_reasoning.method.compat import ModelInfo, read_model_info
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.method.vector_format import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
 
 
 def loader(ref: ModelReference):
@@ -17,7 +18,7 @@ def loader(ref: ModelReference):
     try:
         return LoaderCache().get(ref)
     except Exception as error:
-        problem = shard_problem(ref.model.path)  # name the broken shard of a local folder
+        problem = broken_shard(ref.model.path)  # name the broken shard of a local folder
         raise RecipeError(f"model {ref}: cannot open its weights: {problem or error}") from None
 
 

@@ -10,8 +10,9 @@ mergekit parameter, so filters and per-layer gradients apply.
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Any, Hashable, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, Optional, Sequence, Tuple
 
+import click
 import torch
 from mergekit.common import ModelReference
 from mergekit.merge_methods import registry
@@ -25,10 +26,11 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_reasoning.merge.compat import check_compatible
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.merge.kernel import merge_tensor
-from mergekit_reasoning.merge.roles import DEFAULT_VECTOR, Role
+from mergekit_reasoning.method.compat import check_compatible
+from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.method.kernel import merge_tensor
+from mergekit_reasoning.method.models import check_roles, model_info
+from mergekit_reasoning.method.roles import DEFAULT_VECTOR, Role
 
 NAME = "reasoning_vector"
 
@@ -55,9 +57,14 @@ class ReasoningVectorMerge(GroupMergeMethod):
     ) -> None:
         super().validate_inputs(input_ids, base_id, group_name=group_name)
         if isinstance(base_id, ModelReference) and all(isinstance(i, ModelReference) for i in input_ids):
-            _check_for_stock_executor(tuple(input_ids), base_id)
+            with _one_line_at_mergekits_cli():
+                _check_for_stock_executor(tuple(input_ids), base_id)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
+        with _one_line_at_mergekits_cli():
+            return self._merge_group(group, **parameters)
+
+    def _merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
         if all(isinstance(entry.id, ModelReference) for entry in group.non_base):
             _check_roles(tuple(sorted((str(k), v) for k, v in parameters["role"].items())))
         (merged,) = merge_tensor(
@@ -70,6 +77,22 @@ class ReasoningVectorMerge(GroupMergeMethod):
             vocab_axis=group.metadata.vocabulary_axis,
         )
         return merged
+
+
+_AT_MERGEKITS_CLI: Dict[type, type] = {}
+
+
+@contextmanager
+def _one_line_at_mergekits_cli():
+    """mergekit's own command line is click's: a package error raised into it is also a
+    click exception there, so `mergekit-yaml` prints one `Error: ...` line and exits 1,
+    while Python callers of `run_merge` still catch it as the package's own error."""
+    try:
+        yield
+    except Error as error:
+        kind = type(error)
+        both = _AT_MERGEKITS_CLI.setdefault(kind, type(kind.__name__, (kind, click.ClickException), {}))
+        raise both(str(error)) from None
 
 
 _OWN_EXECUTOR: ContextVar[bool] = ContextVar("reasoning_vector_own_executor", default=False)
@@ -98,8 +121,6 @@ def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -
     resized vocabularies and untied donors of a tied target need this package's
     own executor, which implements the documented policies for both.
     """
-    from mergekit_reasoning.merge.inputs import model_info
-
     donors = [model_info(ref) for ref in input_ids if ref != base]
     report = check_compatible(model_info(base), donors)
     if report.vocab_rows or report.dropped_heads:
@@ -111,8 +132,6 @@ def _check_models(input_ids: Tuple[ModelReference, ...], base: ModelReference) -
 
 @lru_cache(maxsize=None)
 def _check_roles(roles: Tuple[Tuple[str, str], ...]) -> None:
-    from mergekit_reasoning.merge.inputs import check_roles
-
     check_roles([(ModelReference.model_validate(ref), role) for ref, role in roles])
 
 

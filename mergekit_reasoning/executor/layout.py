@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mergekit_reasoning.merge.compat import stored_tensors
-from mergekit_reasoning.merge.mergekit_private import resolve_tensor_name
-from mergekit_reasoning.merge.shard_writer import Entry, supports
+from mergekit_reasoning.core.formats import FLOAT_NAMES, stored_tensors, torch_dtype
+from mergekit_reasoning.executor.mergekit_private import resolve_tensor_name
+from mergekit_reasoning.executor.shard_writer import Entry, supports
 
-STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+STORED = {name: torch_dtype(name) for name in FLOAT_NAMES}
 
 
 def output_entries(tasks: Sequence) -> Optional[List[Entry]]:

@@ -14,7 +14,7 @@ import logging
 from contextlib import contextmanager
 from importlib import metadata
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
 
 # name -> the parameters we pass it
 HELPERS = {

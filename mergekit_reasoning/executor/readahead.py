@@ -8,7 +8,9 @@ evict each other; hub models and unsupported platforms are skipped quietly.
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Union
+
+from mergekit_reasoning.executor.recipe import Recipe, model_dir
 
 
 def advise(model_dirs: Iterable[str], budget_bytes: int) -> int:
@@ -31,27 +33,11 @@ def advise(model_dirs: Iterable[str], budget_bytes: int) -> int:
     return advised
 
 
-def recipe_model_dirs(recipe_path: Path) -> list:
-    """Local folders a recipe names, read from its YAML without importing mergekit."""
-    data = recipe_data(recipe_path)
-    refs = [data.get("base_model")] + [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
-    return [model_dir(r) for r in refs if isinstance(r, str)]
-
-
-def recipe_data(recipe_path: Path) -> dict:
-    """A recipe's YAML as a mapping, or {} when it is unreadable (the recipe check reports it properly)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def model_dir(ref: str) -> str:
-    """The folder of a model reference, without its `@revision`."""
-    return str(ref).split("@")[0]
+def recipe_model_dirs(recipe: Union[Recipe, Path, None]) -> list:
+    """Local folders a recipe names, read from its YAML without importing mergekit
+    ([] for a recipe that cannot be read: its check reports that properly)."""
+    recipe = recipe if isinstance(recipe, Recipe) or recipe is None else Recipe.peek(recipe)
+    return [model_dir(ref) for ref in recipe.model_refs()] if recipe is not None else []
 
 
 def available_memory() -> int:

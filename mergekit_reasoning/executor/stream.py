@@ -26,13 +26,18 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from mergekit_reasoning.merge.compat import HEAD
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.merge.layout import output_entries
-from mergekit_reasoning.merge.shard_writer import MappedShards
-from mergekit_reasoning.repro.hashing import remember_sha256
-from mergekit_reasoning.merge.recipe import CheckedRecipe
-from mergekit_reasoning.repro.staging import refuse_non_empty, staged
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.hashing import remember_sha256
+from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.executor.layout import output_entries
+from mergekit_reasoning.executor.manifest import describe_inputs, write_manifest
+from mergekit_reasoning.executor.mergekit_private import copy_tagalong_files, copy_tokenizer, model_out_config
+from mergekit_reasoning.executor.recipe import CheckedRecipe
+from mergekit_reasoning.executor.shard_writer import MappedShards
+from mergekit_reasoning.method.compat import HEAD
+from mergekit_reasoning.method.kernel import merge_tensor
+from mergekit_reasoning.method.models import model_info
+from mergekit_reasoning.method.reasoning_vector import own_executor
 
 LOG = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ def merge(
     `reservation` (from `reserve.reserve`, for the same folders) offers output
     files paged in ahead of time; the caller releases what is left of it.
     """
-    from mergekit_reasoning.repro.manifest import describe_inputs, write_manifest
-
     outs = [Path(p) for p in out_paths]
     if lambdas is not None and len(lambdas) != len(outs):
         raise RecipeError(f"{len(lambdas)} lambda values but {len(outs)} output folders")
@@ -117,8 +120,6 @@ def _plan(checked: CheckedRecipe, options, out: Path):
     from mergekit.io.tasks import LoaderCache
     from mergekit.plan import MergePlanner
 
-    from mergekit_reasoning.merge.mergekit_private import model_out_config
-    from mergekit_reasoning.merge.method import own_executor
 
     config = checked.config.model_copy(deep=True)
     LoaderCache().setup(options=options)
@@ -187,7 +188,6 @@ def _load(task) -> Dict:
 
 
 def _merge_one(task, tensors: Dict, device: torch.device, lambdas, out=None) -> List[torch.Tensor]:
-    from mergekit_reasoning.merge.kernel import merge_tensor
 
     donors = [m for m in task.model_order if m != task.base_model]
     params = task.input_parameters
@@ -205,7 +205,6 @@ def _merge_one(task, tensors: Dict, device: torch.device, lambdas, out=None) -> 
 
 
 def _target_names(checked: CheckedRecipe):
-    from mergekit_reasoning.merge.inputs import model_info
 
     return model_info(checked.config.base_model).shapes
 
@@ -246,7 +245,6 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
 
-    from mergekit_reasoning.merge.mergekit_private import copy_tagalong_files, copy_tokenizer
 
     config = checked.config
     cfg_out.save_pretrained(str(path))

@@ -15,7 +15,6 @@ no reservation and the writer maps new files as before.
 """
 
 import ctypes
-import json
 import logging
 import math
 import mmap
@@ -24,16 +23,14 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
-from mergekit_reasoning.merge.compat import stored_tensors
-from mergekit_reasoning.merge.readahead import model_dir, recipe_data
+from mergekit_reasoning.core.formats import ELEMENT_BYTES, NAMED_BYTES, split_by_size, stored_tensors, weight_files
+from mergekit_reasoning.executor.recipe import Recipe, model_dir
 
 LOG = logging.getLogger(__name__)
 MADV_POPULATE_WRITE = 23  # linux/mman.h, since Linux 5.14
 STEP = 64 << 20  # bytes paged in per call, so a cancel waits for one call at most
-ELEMENT_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 @dataclass
@@ -91,9 +88,10 @@ class Reservation:
             LOG.debug("paging in the reserved outputs stopped: %s", error)
 
 
-def reserve(recipe: Path, outs: Sequence[Path], out_shard_size: int, budget: int) -> Optional[Reservation]:
+def reserve(recipe: Union[Recipe, Path], outs: Sequence[Path], out_shard_size: int, budget: int) -> Optional[Reservation]:
     """Reserve the output files `outs` will need, judged from the recipe's target; None if not here."""
-    if not sys.platform.startswith("linux") or budget <= 0:
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.peek(recipe)
+    if recipe is None or not sys.platform.startswith("linux") or budget <= 0:
         return None
     try:
         sizes = predicted_shard_sizes(recipe, out_shard_size)
@@ -119,37 +117,17 @@ def reserve(recipe: Path, outs: Sequence[Path], out_shard_size: int, budget: int
     return Reservation(files, budget)
 
 
-def split_by_size(sizes: Sequence[int], max_shard_size: int) -> List[List[int]]:
-    """Indices of tensors grouped into shards in save order, as mergekit's TensorWriter
-    groups them: a shard is closed when the next tensor would take it past the limit
-    (0: no limit). `shard_writer` splits by this too; it lives here, without torch."""
-    shards: List[List[int]] = []
-    current: List[int] = []
-    total = 0
-    for index, size in enumerate(sizes):
-        if current and max_shard_size > 0 and total + size > max_shard_size:
-            shards.append(current)
-            current, total = [], 0
-        current.append(index)
-        total += size
-    if current:
-        shards.append(current)
-    return shards
-
-
-def predicted_shard_sizes(recipe: Path, out_shard_size: int) -> List[int]:
+def predicted_shard_sizes(recipe: Union[Recipe, Path], out_shard_size: int) -> List[int]:
     """File sizes of the output's shards if it holds the target's tensors in the recipe's
     dtype, split as mergekit's writer splits them (in the target's stored order)."""
-    data = recipe_data(recipe)
+    data = (recipe if isinstance(recipe, Recipe) else Recipe.read(recipe)).data
     folder = Path(model_dir(data["base_model"]))
     dtype = data.get("out_dtype") or data.get("dtype")
     tensors: Dict[str, tuple] = {}
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    for name in files:
+    for name in weight_files(folder):
         tensors.update(stored_tensors(folder / name))  # a header that does not fit its file raises
     sizes = [
-        math.prod(shape) * (DTYPE_BYTES[dtype] if dtype in DTYPE_BYTES else ELEMENT_BYTES[stored])
+        math.prod(shape) * (NAMED_BYTES[dtype] if dtype in NAMED_BYTES else ELEMENT_BYTES[stored])
         for stored, shape in tensors.values()
     ]
     head = 8 + 160 * len(tensors)  # about what a header takes per tensor; the writer sets the exact size

@@ -28,10 +28,10 @@ def stock_mergekit_yaml() -> list:
 
 
 def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Callable[[str], None] = print) -> dict:
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.merge.recipe import retarget
-    from mergekit_reasoning.shipped import recipes_dir
-    from mergekit_reasoning.standins import write_trio
+    from mergekit_reasoning.core.errors import RecipeError
+    from mergekit_reasoning.testing.standins import retarget
+    from mergekit_reasoning.core.shipped import recipes_dir
+    from mergekit_reasoning.testing.standins import write_trio
 
     temporary = workdir is None
     root = Path(tempfile.mkdtemp(prefix="mergekit-reasoning-demo-")) if temporary else Path(workdir)
@@ -72,8 +72,8 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
     needs a few blocks of memory beside one tensor of each model, whatever the
     model's size.
     """
-    from mergekit_reasoning.errors import RecipeError
-    from mergekit_reasoning.merge.reference import compare_with_exact
+    from mergekit_reasoning.core.errors import RecipeError
+    from mergekit_reasoning.testing.reference import compare_with_exact
 
     merged, target, grpo, sft = (tensor_files(Path(p)) for p in (out, models["target"], models["grpo"], models["sft"]))
     if set(merged) != set(target):

@@ -129,11 +129,11 @@ def _fused_merge(target, pairs, lambda_sets, inputs, dtype, shared, vocab_axis, 
 
 
 def fused_module():
-    """`mergekit_reasoning.merge.fused`, or None (noted once) where numba cannot be imported."""
+    """`mergekit_reasoning.method.fused`, or None (noted once) where numba cannot be imported."""
     global _fused_module
     if _fused_module is None:
         try:
-            from mergekit_reasoning.merge import fused
+            from mergekit_reasoning.method import fused
         except (ImportError, OSError) as error:  # OSError: llvmlite's library failed to load
             LOG.warning("numba is not available (%s): merging with the torch kernel, same bits, slower", error)
             fused = False
@@ -190,7 +190,7 @@ def merge_tensor(
     are written into those tensors and converted to their dtype exactly as
     `.to(dtype)` would convert the returned ones.
     """
-    from mergekit_reasoning.merge.roles import pair_donors
+    from mergekit_reasoning.method.roles import pair_donors
 
     pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
     if lambda_values is None:

@@ -19,6 +19,8 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
+from mergekit_reasoning.core.formats import SAFETENSORS_INDEX, shard_names
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -151,15 +153,12 @@ def write_standin(
             del tensor
         flush()
 
-    if len(written) == 1:
-        written[0][0].rename(out / "model.safetensors")
-    else:
-        weight_map = {}
-        for i, (partial, names) in enumerate(written, 1):
-            file = f"model-{i:05d}-of-{len(written):05d}.safetensors"
-            partial.rename(out / file)
-            weight_map.update(dict.fromkeys(names, file))
-        (out / "model.safetensors.index.json").write_text(
+    names = shard_names(len(written))
+    for (partial, _), file in zip(written, names):
+        partial.rename(out / file)
+    if len(written) > 1:
+        weight_map = {name: file for (_, stored), file in zip(written, names) for name in stored}
+        (out / SAFETENSORS_INDEX).write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
 
@@ -243,3 +242,15 @@ def _write_tokenizer(out: Path) -> None:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
+
+
+def retarget(data: dict, target: str, by_role: Dict[str, str]) -> dict:
+    """A copy of recipe `data` with its target and each donor replaced by role.
+
+    This is how the demo and the tests run the shipped recipes on stand-ins.
+    """
+    out = dict(data, base_model=target)
+    out["models"] = [
+        dict(entry, model=by_role[(entry.get("parameters") or {})["role"]]) for entry in data["models"]
+    ]
+    return out

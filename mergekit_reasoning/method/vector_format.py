@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import torch
 
-from mergekit_reasoning.errors import RecipeError
+from mergekit_reasoning.core.errors import RecipeError
 
 MANIFEST = "reasoning_vector.json"
 FORMAT = "mergekit-reasoning/vector"

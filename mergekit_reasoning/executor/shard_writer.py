@@ -30,11 +30,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mergekit_reasoning.merge.reserve import discard, split_by_size
+from mergekit_reasoning.core.formats import FLOAT_NAMES, SAFETENSORS_INDEX, shard_names, split_by_size, torch_dtype
+from mergekit_reasoning.executor.reserve import discard
 
-# safetensors' names, in the order its serializer ranks them (it puts the widest first).
-DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
-RANK = {name: rank for rank, name in enumerate(DTYPE_NAMES.values())}
+DTYPE_NAMES = {torch_dtype(name): name for name in FLOAT_NAMES}
+RANK = {name: rank for rank, name in enumerate(FLOAT_NAMES)}
 HASH_STEP = 16 << 20  # bytes hashed per update (hashlib releases the GIL while it hashes)
 
 
@@ -59,12 +59,6 @@ def supports(entries: Sequence[Entry]) -> bool:
 def split_shards(entries: Sequence[Entry], max_shard_size: int) -> List[List[Entry]]:
     """Group tensors into shards in save order, as mergekit's TensorWriter does."""
     return [[entries[i] for i in shard] for shard in split_by_size([e.nbytes for e in entries], max_shard_size)]
-
-
-def shard_names(count: int) -> List[str]:
-    if count == 1:
-        return ["model.safetensors"]
-    return [f"model-{index + 1:05d}-of-{count:05d}.safetensors" for index in range(count)]
 
 
 def header(entries: Sequence[Entry]) -> Tuple[bytes, Dict[str, int]]:
@@ -293,5 +287,5 @@ class MappedShards:
             "metadata": {"total_size": sum(e.nbytes for e in self._entries.values()), "mergekit_version": self.mergekit_version},
             "weight_map": {name: self._of[name].path.name for name in self._entries},
         }
-        with open(self.folder / "model.safetensors.index.json", "w", encoding="utf-8") as handle:
+        with open(self.folder / SAFETENSORS_INDEX, "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2)

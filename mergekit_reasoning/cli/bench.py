@@ -1,12 +1,15 @@
-"""`mergekit-reasoning bench`: the click command. Cheap to import; lm_eval loads when it runs."""
+"""`mergekit-reasoning bench` and `reproduce`: their options. Cheap to import; lm_eval loads when a run starts."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
-from .errors import BenchError
+from mergekit_reasoning.bench.reproduce import CONDITIONS as REPRODUCE_CONDITIONS
+from mergekit_reasoning.bench.reproduce import DEFAULT_TASKS as REPRODUCE_TASKS
+from mergekit_reasoning.core.errors import BenchError
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
 
@@ -84,11 +87,10 @@ def scoring_kwargs(*, batch_size, no_plots, **given) -> dict:
 
 @contextmanager
 def one_line_errors():
-    """A BenchError, or a missing extra, ends the command with one line and exit status 1."""
+    """A missing extra ends the command with one line and exit status 1 (package errors
+    are turned into one line by the command group, `cli.OneLineErrors`)."""
     try:
         yield
-    except BenchError as exc:
-        raise click.ClickException(str(exc)) from None
     except ImportError as exc:
         raise click.ClickException(
             f"{exc.name or exc} is missing: install the benchmark extra: pip install '.[bench]' in a clone of mergekit-reasoning"
@@ -136,14 +138,39 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
                 lambdas = [float(x) for x in sweep.split(",") if x.strip()]
             except ValueError:
                 raise BenchError(f"--sweep expects numbers, got {sweep!r}") from None
-            from .sweep import run_sweep
+            from mergekit_reasoning.bench.sweep import run_sweep
 
             run_sweep(target, sft, grpo, lambdas, tasks, out_dir, **options)
         else:
             if not models:
                 raise BenchError("give at least one --model LABEL=PATH (or --sweep)")
-            from .runner import run_bench
+            from mergekit_reasoning.bench.runner import run_bench
 
             if run_bench(_labelled(models), tasks, out_dir=out_dir, **options) is None:
                 return  # a non-zero rank under `accelerate launch`: rank 0 reports
+    print_table(out_dir)
+
+
+@click.command("reproduce")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default="reproduce-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for table.md, results.json, plots/, the merges and the score cache.")
+@click.option("--tasks", default=REPRODUCE_TASKS, show_default=True, help="As for bench, e.g. gsm8k_cot,sciq,bbh_navigate.")
+@click.option("--conditions", default=REPRODUCE_CONDITIONS, show_default=True, help="As for bench; the paper's are plain and think.")
+@click.option("--paper-size", default="auto", show_default=True,
+              help="Which of the paper's figures to show: auto (from the target's name), 1.5B, or none.")
+@scoring_options
+def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, **scoring):
+    """The paper's table: merge +v and −v from RECIPE, score them and the target, compare with the paper.
+
+    Scores the recipe's target (base), target + |λ|·v and target − |λ|·v on GSM8K
+    (plain and with distractors), HumanEval, SciQ and BBH, each with the plain and
+    the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
+    OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
+    """
+    with one_line_errors():
+        from mergekit_reasoning.bench.reproduce import reproduce
+
+        reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size,
+                  **scoring_kwargs(**scoring))
     print_table(out_dir)

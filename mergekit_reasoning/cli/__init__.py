@@ -12,28 +12,47 @@ from pathlib import Path
 
 import click
 
+from mergekit_reasoning.core.errors import Error
+from mergekit_reasoning.cli import bench as bench_commands
+from mergekit_reasoning.core.offline import go_offline_if_unreachable
+
+
+class OneLineErrors(click.Group):
+    """The one place a package error becomes click's `Error: <line>` and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Error as error:
+            raise click.ClickException(str(error)) from None
+
+
+def _note(line: str) -> None:
+    click.echo(line, err=True)
+
 
 def _hub_or_offline() -> None:
     """Before reading models: if the hub is out of reach, say so now rather than retry."""
-    from mergekit_reasoning.offline import go_offline_if_unreachable
-
-    go_offline_if_unreachable(lambda line: click.echo(line, err=True))
+    go_offline_if_unreachable(_note)
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="mergekit-reasoning")
 def main():
     """Reasoning vectors for mergekit: target + λ·(GRPO − SFT)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 def check(recipe: Path):
     """Check a recipe and its models without merging anything."""
-    _hub_or_offline()
-    from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
+    from mergekit_reasoning.executor.recipe import Recipe
 
-    checked = check_recipe(*load_recipe(recipe))
+    _hub_or_offline()
+    checked = Recipe.read(recipe).check()
     click.echo(f"target: {checked.config.base_model}")
     for pair in checked.pairs:
         click.echo(f"vector {pair.name!r}: λ={pair.lam:g} × ({pair.grpo} − {pair.sft})")
@@ -54,52 +73,14 @@ def check(recipe: Path):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
     """Merge RECIPE into OUT with the streaming executor."""
-    from mergekit_reasoning.merge.readahead import advise, available_memory, reclaimable_memory, recipe_model_dirs
-    from mergekit_reasoning.merge.reserve import reserve
+    from mergekit_reasoning.executor import run
+    from mergekit_reasoning.executor.recipe import Recipe
 
-    outs = [out / f"lambda_{lam:g}" for lam in lambdas] if lambdas else [out]
-    # Before mergekit's import (seconds on one core): page the output files in on the other.
-    budget = min(reclaimable_memory() // 5, 4 << 30)
-    reservation = reserve(recipe, outs, _shard_bytes(out_shard_size), budget=budget)
-    try:
-        _hub_or_offline()
-        advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
-
-        from mergekit_reasoning.merge import stream
-        from mergekit_reasoning.merge.recipe import check_recipe, load_recipe
-
-        options = _options(cuda, read_to_gpu, out_shard_size, quiet)
-        checked = check_recipe(*load_recipe(recipe))
-        for note in checked.compatibility.notes():
-            click.echo(f"warning: {note}", err=True)
-        stream.merge(
-            checked, outs, options, lambdas=list(lambdas) if lambdas else None, overwrite=overwrite, reservation=reservation
-        )
-    finally:
-        if reservation is not None:
-            reservation.release()
+    settings = run.MergeSettings(cuda=cuda, read_to_gpu=read_to_gpu, out_shard_size=out_shard_size, quiet=quiet)
+    outs = run.sweep_folders(out, lambdas)
+    run.merge(Recipe.read(recipe), outs, settings, lambdas=lambdas or None, overwrite=overwrite, echo=_note)
     for path in outs:
         click.echo(f"wrote {path}")
-
-
-def _shard_bytes(text: str) -> int:
-    """`--out-shard-size` as mergekit's parse_kmb reads it, without importing mergekit (0 if unreadable)."""
-    units = {"K": 10**3, "M": 10**6, "B": 10**9}
-    text = text.strip().upper()
-    try:
-        return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
-    except ValueError:
-        return 0
-
-
-def _options(cuda: bool = False, read_to_gpu: bool = False, out_shard_size: str = "5B", quiet: bool = False):
-    import logging
-
-    from mergekit.common import parse_kmb
-    from mergekit.options import MergeOptions
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    return MergeOptions(cuda=cuda or read_to_gpu, read_to_gpu=read_to_gpu, out_shard_size=parse_kmb(out_shard_size), quiet=quiet)
 
 
 @main.command()
@@ -172,7 +153,7 @@ def verify(folder, check_inputs, remerge):
 
     if check_inputs or remerge:
         _hub_or_offline()
-    problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge, options_factory=_options)
+    problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge)
     for problem in problems:
         click.echo(f"{folder}: {problem}", err=True)
     if problems:
@@ -186,10 +167,11 @@ def verify(folder, check_inputs, remerge):
 @click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU.")
 def regenerate(recipes, out_dir, cuda):
     """Re-merge the recipes whose text or inputs changed; skip the rest."""
-    _hub_or_offline()
+    from mergekit_reasoning.executor.run import MergeSettings
     from mergekit_reasoning.repro.regenerate import regenerate as run
 
-    outcome = run(recipes, out_dir, _options(cuda=cuda, quiet=True), echo=click.echo)
+    _hub_or_offline()
+    outcome = run(recipes, out_dir, MergeSettings(cuda=cuda), echo=click.echo)
     click.echo(f"{len(outcome.merged)} merged, {len(outcome.skipped)} unchanged, {len(outcome.failed)} failed")
     if outcome.failed:
         raise SystemExit(1)
@@ -203,20 +185,13 @@ def regenerate(recipes, out_dir, cuda):
                    "two layers (about 2 GB of disk and 3 GB of memory, a minute or two).")
 def demo(workdir, shape):
     """Merge small stand-in models offline with the stock mergekit-yaml and check the result."""
-    from mergekit_reasoning.demo import run_demo
+    from mergekit_reasoning.testing.demo import run_demo
 
     run_demo(workdir, shape=shape, echo=click.echo)
 
 
-def _add_bench():
-    from mergekit_reasoning.bench.cli import bench
-    from mergekit_reasoning.bench.reproduce import reproduce_command
-
-    main.add_command(bench)
-    main.add_command(reproduce_command)
-
-
-_add_bench()
+main.add_command(bench_commands.bench)
+main.add_command(bench_commands.reproduce_command)
 
 
 def run() -> None:

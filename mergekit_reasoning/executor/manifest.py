@@ -10,32 +10,18 @@ recorded to decide whether a merge is stale.
 import hashlib
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from mergekit_reasoning.errors import RecipeError
-from mergekit_reasoning.repro.hashing import hash_files, model_files, sha256_file
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.hashing import hash_files, model_files, sha256_file
+from mergekit_reasoning.core.provenance import package_versions
 
 NAME = "reasoning_merge.json"
 FORMAT = "mergekit-reasoning/merge"
-PACKAGES = ("mergekit-reasoning", "mergekit", "torch", "transformers", "safetensors")
-
-
-def package_versions(names=PACKAGES) -> Dict[str, Optional[str]]:
-    """Installed versions of `names` (None for a package that is not installed)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def describe_inputs(checked) -> List[Dict[str, Any]]:
     """Each model the recipe reads: reference, revision and file hashes."""
-    from mergekit_reasoning.merge.inputs import local_folder
+    from mergekit_reasoning.method.models import local_folder
 
     models = []
     for ref, role in input_roles(checked.config.base_model, checked.pairs):
@@ -116,6 +102,23 @@ def read_manifest(folder: Path) -> Dict:
     return manifest
 
 
+def completed(folder: Path) -> Optional[Dict]:
+    """The one rule for a finished merge: its manifest, or None when it has none.
+
+    A merge is written into a staging folder, its manifest last, and renamed into
+    place whole, so a folder with a readable manifest whose shards are all there is
+    complete; anything else (an interrupted run, a foreign folder) is not.
+    """
+    try:
+        manifest = read_manifest(folder)
+    except RecipeError:
+        return None
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, dict) or not all((Path(folder) / name).is_file() for name in outputs):
+        return None
+    return manifest
+
+
 def output_problems(folder: Path, manifest: Dict) -> List[str]:
     """Every shard of a merge that is missing, extra, or differs from its recorded hash."""
     return shard_problems(folder, manifest["outputs"])
@@ -137,7 +140,7 @@ def input_problems(manifest: Dict) -> List[str]:
     """Inputs whose files no longer hash as they did when the merge was made."""
     from mergekit.common import ModelReference
 
-    from mergekit_reasoning.merge.inputs import local_folder
+    from mergekit_reasoning.method.models import local_folder
 
     problems = []
     for entry in manifest["inputs"]:

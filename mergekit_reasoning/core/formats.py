@@ -1,0 +1,113 @@
+"""File formats the package reads and writes: safetensors headers, dtypes, shard names.
+
+Every reader of a safetensors header goes through `stored_tensors` (safetensors'
+own parser and checks), every dtype name through the tables here, and every
+output split through `split_by_size`, so the mapped writer, the output
+reservation and mergekit's writer agree by construction. Nothing here imports
+torch or mergekit at module level: the reservation runs before either is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+# safetensors' float dtype names, in the order its serializer ranks them (the widest
+# last here: its header lists tensors by descending rank, then by name).
+FLOAT_NAMES = ("F16", "BF16", "F32", "F64")
+TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+ELEMENT_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# bytes per element of a dtype as recipes and mergekit name it
+NAMED_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+SINGLE_SHARD = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors float name (`BF16` -> torch.bfloat16)."""
+    import torch
+
+    return getattr(torch, TORCH_NAMES[name])
+
+
+def safetensors_name(dtype) -> str:
+    """The safetensors name of a torch float dtype (torch.bfloat16 -> `BF16`)."""
+    return {v: k for k, v in TORCH_NAMES.items()}[str(dtype).removeprefix("torch.")]
+
+
+def stored_tensors(path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """name -> (dtype, shape) of a safetensors file, from its header as safetensors reads
+    and checks it (offsets inside the file, sizes that match the shapes); no weight is
+    read and torch is not imported. Raises on a file that is not a valid safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return {
+            name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+            for name in handle.keys()
+        }
+
+
+def broken_shard(folder) -> str:
+    """Name the safetensors shard of a local folder that fails to open, if any."""
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            stored_tensors(shard)
+        except Exception as error:
+            return f"{shard.name} is truncated or corrupt ({error})"
+    return ""
+
+
+def weight_files(folder) -> List[str]:
+    """The safetensors files of a model folder, in index order, without importing mergekit
+    (whose `ShardedTensorIndex` does this for everything that runs after its import)."""
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    return [SINGLE_SHARD]
+
+
+def tensors(files: Sequence) -> Iterator[Tuple[str, object]]:
+    """(name, tensor) for every tensor of the safetensors `files`, one at a time."""
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+def load_tensor(file, name: str):
+    """One tensor of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.get_tensor(name)
+
+
+def split_by_size(sizes: Sequence[int], max_shard_size: int) -> List[List[int]]:
+    """Indices of tensors grouped into shards in save order, as mergekit's TensorWriter
+    groups them: a shard is closed when the next tensor would take it past the limit
+    (0: no limit)."""
+    shards: List[List[int]] = []
+    current: List[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if current and max_shard_size > 0 and total + size > max_shard_size:
+            shards.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_names(count: int) -> List[str]:
+    """The file names of `count` output shards, as mergekit's writer names them."""
+    if count == 1:
+        return [SINGLE_SHARD]
+    return [f"model-{index + 1:05d}-of-{count:05d}.safetensors" for index in range(count)]

@@ -1,0 +1,182 @@
+"""A `reasoning_vector` recipe in its one form, from file to checked plan input.
+
+`Recipe` is the text a user wrote, where it came from and its YAML mapping,
+parsed once. Code that must run before mergekit is imported (read-ahead, the
+output reservation) reads the mapping through `Recipe.peek`, which never
+raises; everything else validates it with mergekit's own schema
+(`Recipe.config`) and checks roles, pairing and every model's compatibility
+(`Recipe.check`), each problem in one line that names the culprit. The stock
+`mergekit-yaml` discovers problems tensor by tensor; the project's commands
+check the whole recipe first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from mergekit_reasoning.core.errors import RecipeError
+
+METHOD = "reasoning_vector"
+
+
+@dataclass
+class CheckedRecipe:
+    """A recipe that passed every check, with what the checks found."""
+
+    text: str
+    config: Any  # mergekit.config.MergeConfiguration
+    pairs: List[Any]  # roles.VectorPair[ModelReference]
+    compatibility: Any  # compat.Compatibility
+
+
+@dataclass
+class Recipe:
+    """A recipe's text, its source (a path or a label) and its YAML mapping."""
+
+    text: str
+    source: str
+    data: Dict[str, Any]
+    _checked: Optional[CheckedRecipe] = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def read(cls, path: Union[str, Path]) -> "Recipe":
+        """Read a recipe file; a missing, non-UTF-8 or non-YAML file is one RecipeError."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise RecipeError(f"recipe {path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"recipe {path}: not a UTF-8 text file") from None
+        return cls.from_text(text, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str = "recipe") -> "Recipe":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"recipe {source}: not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: expected a mapping of recipe keys")
+        return cls(text=text, source=source, data=data)
+
+    @classmethod
+    def from_data(cls, data: Dict[str, Any], *, source: str = "recipe") -> "Recipe":
+        """A recipe written from a mapping (its text is that mapping as YAML)."""
+        return cls.from_text(yaml.safe_dump(data, sort_keys=False), source=source)
+
+    @classmethod
+    def for_pair(cls, target: str, grpo: str, sft: str, lam: float = 1.0, dtype: str = "bfloat16") -> "Recipe":
+        """The plain recipe target + lam·(grpo − sft), loaded and written in `dtype`."""
+        return cls.from_data(
+            {
+                "merge_method": METHOD,
+                "base_model": str(target),
+                "models": [
+                    {"model": str(grpo), "parameters": {"role": "grpo"}},
+                    {"model": str(sft), "parameters": {"role": "sft"}},
+                ],
+                "parameters": {"lambda": float(lam)},
+                "dtype": dtype,
+                "out_dtype": dtype,
+            },
+            source="λ sweep",
+        )
+
+    @classmethod
+    def peek(cls, path: Union[str, Path]) -> Optional["Recipe"]:
+        """The recipe at `path`, or None when it is unreadable: for code that runs before
+        the recipe is checked (which then reports the problem properly)."""
+        try:
+            return cls.read(path)
+        except RecipeError:
+            return None
+
+    def model_refs(self) -> List[str]:
+        """The target and the donors listed under `models:`, as written (no mergekit)."""
+        models = self.data.get("models") or []
+        refs = [self.data.get("base_model")] + [m.get("model") for m in models if isinstance(m, dict)]
+        return [r for r in refs if isinstance(r, str)]
+
+    def config(self) -> Any:
+        """The recipe as mergekit's MergeConfiguration; RecipeError unless it is a
+        `reasoning_vector` recipe with a target."""
+        from mergekit.config import MergeConfiguration
+
+        try:
+            config = MergeConfiguration.model_validate(self.data)
+        except Exception as error:
+            first = str(error).strip().splitlines()
+            raise RecipeError(f"{self.source}: {' '.join(first[:3])}") from None
+        if config.merge_method != METHOD:
+            raise RecipeError(f"{self.source}: merge_method is {config.merge_method!r}, expected {METHOD!r}")
+        if config.base_model is None:
+            raise RecipeError(f"{self.source}: base_model (the target) is missing")
+        return config
+
+    def check(self) -> CheckedRecipe:
+        """Pair the donors by role and check every model against the target (once)."""
+        if self._checked is None:
+            self._checked = _check(self.text, self.config())
+        return self._checked
+
+
+def model_dir(ref: str) -> str:
+    """The folder of a model reference, without its `@revision`."""
+    return str(ref).split("@")[0]
+
+
+def _check(text: str, config: Any) -> CheckedRecipe:
+    from mergekit_reasoning.method.compat import check_compatible
+    from mergekit_reasoning.method.models import check_roles, model_info
+    from mergekit_reasoning.method.roles import DEFAULT_VECTOR, pair_donors
+
+    donors, roles, vectors, lambdas = [], {}, {}, {}
+    for entry in _donor_entries(config):
+        ref = entry.model
+        if ref == config.base_model:
+            continue
+        if ref in roles:
+            raise RecipeError(f"model {ref} is listed twice")
+        params: Dict[str, Any] = dict(entry.parameters or {})
+        donors.append(ref)
+        roles[ref] = _scalar(params.get("role"), ref, "role")
+        vectors[ref] = _scalar(params.get("vector", DEFAULT_VECTOR), ref, "vector")
+        lam = params.get("lambda", (config.parameters or {}).get("lambda", 1.0))
+        if isinstance(lam, (int, float)) and not isinstance(lam, bool):
+            lambdas[ref] = float(lam)
+        # filters and gradients are resolved per tensor by the method itself
+    if not donors:
+        raise RecipeError("recipe has no donor models: add a `role: grpo` and a `role: sft` model")
+    pairs = pair_donors(donors, roles, vectors, lambdas)
+    check_roles(roles.items(), config.dtype)
+    target = model_info(config.base_model)
+    compatibility = check_compatible(target, [model_info(ref) for ref in donors])
+    return CheckedRecipe(text=text, config=config, pairs=pairs, compatibility=compatibility)
+
+
+def _donor_entries(config: Any):
+    if config.models:
+        return list(config.models)
+    entries = []
+    for output_slice in config.slices or []:
+        entries.extend(output_slice.sources)
+    for module in (config.modules or {}).values():
+        entries.extend(module.models or [])
+        for output_slice in module.slices or []:
+            entries.extend(output_slice.sources)
+    seen, unique = set(), []
+    for entry in entries:
+        if entry.model not in seen:
+            seen.add(entry.model)
+            unique.append(entry)
+    return unique
+
+
+def _scalar(value: Any, ref: Any, name: str) -> Any:
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise RecipeError(f"model {ref}: {name} must be a single value, not {type(value).__name__}")
