@@ -247,12 +247,12 @@ def test_a_sparse_folder_is_refused_with_a_pointer_to_densify(trio, tmp_path):
 
 def test_blockwise_float64_sums_equal_the_whole_tensor_ones():
     """inspect and extract sum in float64 block by block (big embeddings are never copied whole)."""
-    from mergekit_reasoning.vectors.stats import _dot
+    from mergekit_reasoning.core.reductions import dot64
     from mergekit_reasoning.vectors.files import _norms
 
     x, y = (torch.randn(3000, 700, generator=torch.Generator().manual_seed(s)).to(torch.bfloat16) for s in (1, 2))
     whole = float((x.double() * y.double()).sum())
-    assert _dot(x, y, block=1 << 18) == pytest.approx(whole, rel=1e-12)  # eight blocks and a partial one
+    assert dot64(x, y, block=1 << 18) == pytest.approx(whole, rel=1e-12)  # eight blocks and a partial one
     full = y.float()
     norms = _norms(x, full, block=1 << 18)
     assert norms == pytest.approx((float(x.double().norm()), float(full.double().norm()), float((x.double() - full.double()).norm())), rel=1e-12)

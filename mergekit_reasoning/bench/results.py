@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -45,21 +44,12 @@ def save_unit(cache_dir: Path, key: str, unit: dict) -> dict:
 
 
 def jsonable(value: Any) -> Any:
-    """Plain JSON types (numpy scalars, tuples, NaN -> None)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    """Plain JSON types: lm-eval's own conversion for what `json` cannot write (numpy
+    scalars, sets), and None for NaN and infinities, which strict JSON lacks."""
+    from lm_eval.utils import handle_non_serializable
+
+    text = json.dumps(value, default=handle_non_serializable, allow_nan=True)
+    return json.loads(text, parse_constant=lambda constant: None)
 
 
 def _metrics(entry: dict) -> List[dict]:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
@@ -16,6 +17,8 @@ from mergekit_reasoning.bench.conditions import Condition, parse_conditions
 from mergekit_reasoning.bench.engines import engine_settings, score_identity
 from mergekit_reasoning.core.errors import BenchError
 from mergekit_reasoning.bench.identity import check_model, model_identity, package_versions
+from mergekit_reasoning.bench.plots import plot_scores
+from mergekit_reasoning.bench.report import markdown_table
 from mergekit_reasoning.bench.results import jsonable, load_unit, unit_key
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,50 @@ def _config_hash() -> str:
         if path.is_file() and path.suffix in {".yaml", ".py", ""}:
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """What a run decided before scoring anything: the models, tasks, conditions and
+    engine, where it writes, and the settings recorded in its results."""
+
+    models: Dict[str, str]
+    tasks: List[str]
+    conditions: List[Condition]
+    out: Path
+    engine: dict  # engines.engine_settings
+    scoring: dict  # engines.score_identity: what of the engine can move a score
+    settings: dict  # recorded in results.json
+    identities: Dict[str, dict]  # label -> identity.model_identity
+    plots: bool
+    progress: bool
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache"
+
+    def units(self) -> List[tuple]:
+        """Every (label, condition, task, variant) the run scores, in table order."""
+        return [
+            (label, cond, task, variant)
+            for label in self.models
+            for cond in self.conditions
+            for task in self.tasks
+            for variant in registry.variants(task, self.settings["adversarial"])
+        ]
+
+    def key_of(self, label, cond, task, variant) -> str:
+        """The cache key of one unit: everything that decides its score."""
+        ident = self.identities[label]
+        return unit_key(
+            model=ident.get("sha256") or [ident.get("id"), ident.get("revision")],
+            task=registry.lm_eval_name(task, variant),
+            condition=cond.name,
+            **{k: self.settings[k] for k in ("limit", "data_dir", "adversarial_seed", "max_gen_toks", "task_config_hash")},
+            samples=self.settings["log_samples"],
+            scoring=self.scoring,
+            sandbox=self.settings["sandbox"] if registry.dataset(task) == "humaneval" else None,
+        )
 
 
 def run_bench(
@@ -65,6 +112,24 @@ def run_bench(
     full sandbox isolation unless `allow_weak_sandbox`; the isolation used is
     recorded either way, and is part of a HumanEval score's cache key.
     """
+    run = plan(
+        models, tasks, conditions, out_dir, data_dir=data_dir, limit=limit, baseline=baseline,
+        adversarial=adversarial, adversarial_seed=adversarial_seed, engine=engine, dtype=dtype,
+        batch_size=batch_size, device=device, max_gen_toks=max_gen_toks, log_samples=log_samples, plots=plots,
+        progress=progress, extra=extra, allow_weak_sandbox=allow_weak_sandbox, **engine_options,
+    )
+    units = run.units()
+    score_missing(run, units)
+    if not is_main_rank():
+        return None
+    return write_report(run, units)
+
+
+def plan(
+    models, tasks, conditions, out_dir, *, data_dir, limit, baseline, adversarial, adversarial_seed, engine, dtype,
+    batch_size, device, max_gen_toks, log_samples, plots, progress, extra, allow_weak_sandbox, **engine_options,
+) -> BenchRun:
+    """Check every option and model, and settle what the run scores and records."""
     if not models:
         raise BenchError("no models given")
     task_list = registry.expand(tasks)
@@ -80,9 +145,6 @@ def run_bench(
     sandbox_used = sandbox.declare(allow_weak_sandbox) if "humaneval" in task_list else None
     for label, ref in models.items():
         check_model(label, str(ref))
-
-    out = Path(out_dir)
-    cache_dir = out / "cache"
     scoring = score_identity(engine_cfg)
     settings = {
         "tasks": task_list,
@@ -106,69 +168,62 @@ def run_bench(
         "allow_weak_sandbox": allow_weak_sandbox,
         **(extra or {}),
     }
-    identities = {label: model_identity(str(ref)) for label, ref in models.items()}
-    units = [
-        (label, cond, task, variant)
-        for label in models
-        for cond in conds
-        for task in task_list
-        for variant in registry.variants(task, adversarial)
-    ]
+    return BenchRun(
+        models=dict(models),
+        tasks=task_list,
+        conditions=conds,
+        out=Path(out_dir),
+        engine=engine_cfg,
+        scoring=scoring,
+        settings=settings,
+        identities={label: model_identity(str(ref)) for label, ref in models.items()},
+        plots=plots,
+        progress=progress,
+    )
 
-    def key_of(label, cond, task, variant):
-        ident = identities[label]
-        return unit_key(
-            model=ident.get("sha256") or [ident.get("id"), ident.get("revision")],
-            task=registry.lm_eval_name(task, variant),
-            condition=cond.name,
-            **{k: settings[k] for k in ("limit", "data_dir", "adversarial_seed", "max_gen_toks", "task_config_hash")},
-            samples=log_samples,
-            scoring=scoring,
-            sandbox=settings["sandbox"] if registry.dataset(task) == "humaneval" else None,
-        )
 
+def score_missing(run: BenchRun, units: List[tuple]) -> None:
+    """Score, in child processes, every unit the cache does not hold yet."""
     todo: Dict[str, Dict[Condition, List[tuple]]] = {}
     for unit in units:
-        if load_unit(cache_dir, key_of(*unit)) is None:
+        if load_unit(run.cache_dir, run.key_of(*unit)) is None:
             todo.setdefault(unit[0], {}).setdefault(unit[1], []).append(unit)
     missing = sum(len(u) for per in todo.values() for u in per.values())
     log.info("%d of %d scoring units already done", len(units) - missing, len(units))
-
     if todo:
-        score_in_children(models, todo, key_of, out, settings, engine_cfg, progress)
-    if not is_main_rank():
-        return None
+        score_in_children(run.models, todo, run.key_of, run.out, run.settings, run.engine, run.progress)
+
+
+def write_report(run: BenchRun, units: List[tuple]) -> dict:
+    """results.json, table.md and the plots, from the cached units; the document."""
     done: Dict[tuple, dict] = {}
     for unit in units:
-        done[unit] = load_unit(cache_dir, key_of(*unit))
+        done[unit] = load_unit(run.cache_dir, run.key_of(*unit))
         if done[unit] is None:
             raise BenchError(f"model {unit[0]!r}: no score for {unit[2]} ({unit[3]}, {unit[1].name}) after scoring")
-
+    data_dir = run.settings["data_dir"]
     document = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
+        "settings": run.settings,
         "packages": package_versions(),
-        "models": {label: {"ref": str(ref), **identities[label]} for label, ref in models.items()},
-        "data": {task: _safe_source(task, data_dir) for task in task_list},
+        "models": {label: {"ref": str(ref), **run.identities[label]} for label, ref in run.models.items()},
+        "data": {task: _safe_source(task, data_dir) for task in run.tasks},
         "scores": [
             {"label": u[0], "condition": u[1].name, "task": u[2], "variant": u[3], **r}
             for u in units
             for r in done[u]["records"]
         ],
     }
-    if log_samples:
+    if run.settings["log_samples"]:
         document["samples"] = [
             {"label": u[0], "condition": u[1].name, "task": u[2], "variant": u[3], "samples": done[u].get("samples")}
             for u in units
         ]
-    from mergekit_reasoning.bench.report import markdown_table
-
+    out = run.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(document), indent=1))
     (out / "table.md").write_text(markdown_table(document))
-    if plots:
-        from mergekit_reasoning.bench.plots import plot_scores
-
+    if run.plots:
         plot_scores(document, out / "plots" / "scores.png")
     return document
 

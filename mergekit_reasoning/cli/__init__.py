@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from mergekit_reasoning.core.errors import Error
+from mergekit_reasoning.core.formats import VECTOR_DTYPES
 from mergekit_reasoning.cli import bench as bench_commands
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
 
@@ -87,7 +88,7 @@ def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_s
 @click.option("--grpo", required=True, help="The GRPO model (hub ID or folder).")
 @click.option("--sft", required=True, help="The SFT model (hub ID or folder).")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(VECTOR_DTYPES), default="float32", show_default=True,
               help="float32 is lossless: applying the vector then equals merging the pair, bit for bit.")
 @click.option("--sparsify", type=click.Choice(["magnitude", "dare"]), default=None,
               help="magnitude keeps the largest entries; dare keeps random ones and rescales.")

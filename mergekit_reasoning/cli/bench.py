@@ -9,6 +9,7 @@ import click
 
 from mergekit_reasoning.bench.reproduce import CONDITIONS as REPRODUCE_CONDITIONS
 from mergekit_reasoning.bench.reproduce import DEFAULT_TASKS as REPRODUCE_TASKS
+from mergekit_reasoning.bench.engines import DTYPES
 from mergekit_reasoning.core.errors import BenchError
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
@@ -50,7 +51,7 @@ _SCORING_OPTIONS = (
     click.option("--device", help="hf engine: cuda, cuda:1, cpu ... (default: cuda if available). vLLM picks its own."),
     click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
                  help="lm-eval's model class: hf (transformers generate) or vllm."),
-    click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
+    click.option("--dtype", type=click.Choice(DTYPES), default="auto",
                  show_default=True, help="Weights' dtype while scoring (auto: the model's own)."),
     click.option("--tensor-parallel-size", type=int, help="vllm: GPUs one model is split over."),
     click.option("--data-parallel-size", type=int, help="vllm: model replicas, one per group of GPUs (needs ray)."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 # safetensors' float dtype names, in the order its serializer ranks them (the widest
 # last here: its header lists tensors by descending rank, then by name).
@@ -20,6 +20,8 @@ TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "f
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 # bytes per element of a dtype as recipes and mergekit name it
 NAMED_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+# the dtypes a vector folder is stored in (float32 is lossless)
+VECTOR_DTYPES = ("float32", "bfloat16")
 
 SINGLE_SHARD = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -70,18 +72,17 @@ def weight_files(folder) -> List[str]:
     return [SINGLE_SHARD]
 
 
-def tensors(files: Sequence) -> Iterator[Tuple[str, object]]:
-    """(name, tensor) for every tensor of the safetensors `files`, one at a time."""
-    from safetensors import safe_open
-
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                yield name, handle.get_tensor(name)
+def tensor_files(folder) -> Dict[str, Path]:
+    """Which safetensors file of `folder` holds each tensor, from the headers."""
+    files: Dict[str, Path] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        files.update(dict.fromkeys(stored_tensors(file), file))
+    return files
 
 
 def load_tensor(file, name: str):
-    """One tensor of a safetensors file."""
+    """One tensor of a safetensors file, the file opened and closed around it so that no
+    mapping outlives it."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as handle:

@@ -12,10 +12,11 @@ from typing import Dict, Optional
 import torch
 
 from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.formats import VECTOR_DTYPES
 
 MANIFEST = "reasoning_vector.json"
 FORMAT = "mergekit-reasoning/vector"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in VECTOR_DTYPES}
 INDICES, VALUES = ".nonzero_indices", ".nonzero_values"  # the two tensors a sparse entry is stored as
 
 

@@ -16,6 +16,12 @@ from typing import Callable, Dict, Optional
 
 import yaml
 
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.formats import load_tensor, tensor_files
+from mergekit_reasoning.core.shipped import recipes_dir
+from mergekit_reasoning.testing.reference import compare_with_exact
+from mergekit_reasoning.testing.standins import retarget, write_trio
+
 RECIPE = "qwen1.5b_add.yml"
 
 
@@ -28,11 +34,6 @@ def stock_mergekit_yaml() -> list:
 
 
 def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Callable[[str], None] = print) -> dict:
-    from mergekit_reasoning.core.errors import RecipeError
-    from mergekit_reasoning.testing.standins import retarget
-    from mergekit_reasoning.core.shipped import recipes_dir
-    from mergekit_reasoning.testing.standins import write_trio
-
     temporary = workdir is None
     root = Path(tempfile.mkdtemp(prefix="mergekit-reasoning-demo-")) if temporary else Path(workdir)
     try:
@@ -72,16 +73,13 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
     needs a few blocks of memory beside one tensor of each model, whatever the
     model's size.
     """
-    from mergekit_reasoning.core.errors import RecipeError
-    from mergekit_reasoning.testing.reference import compare_with_exact
-
     merged, target, grpo, sft = (tensor_files(Path(p)) for p in (out, models["target"], models["grpo"], models["sft"]))
     if set(merged) != set(target):
         raise RecipeError(f"merged tensors differ from the target's: {sorted(set(merged) ^ set(target))[:3]}")
     worst, exact, total, dtype = 0.0, 0, 0, None
     for name in sorted(merged):
-        value = read_tensor(merged, name)
-        error, equal = compare_with_exact(value, read_tensor(target, name), [(read_tensor(grpo, name), read_tensor(sft, name), lam)])
+        value = load_tensor(merged[name], name)
+        error, equal = compare_with_exact(value, load_tensor(target[name], name), [(load_tensor(grpo[name], name), load_tensor(sft[name], name), lam)])
         worst, exact, total, dtype = max(worst, error), exact + equal, total + value.numel(), value.dtype
         del value
     if worst > 1.0:
@@ -95,22 +93,3 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
         "tied": bool(config.get("tie_word_embeddings")),
         "has_lm_head": "lm_head.weight" in merged,
     }
-
-
-def tensor_files(folder: Path) -> Dict[str, Path]:
-    """Which safetensors file of `folder` holds each tensor (read from the headers)."""
-    from safetensors import safe_open
-
-    files = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            files.update(dict.fromkeys(handle.keys(), file))
-    return files
-
-
-def read_tensor(files: Dict[str, Path], name: str):
-    """One tensor, its file opened and closed around it so no mapping outlives it."""
-    from safetensors import safe_open
-
-    with safe_open(str(files[name]), framework="pt") as handle:
-        return handle.get_tensor(name)

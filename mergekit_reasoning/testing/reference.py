@@ -12,8 +12,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import torch
 
-MANTISSA_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
-BLOCK_ELEMENTS = 1 << 21  # 16 MB per float64 operand
+from mergekit_reasoning.core.reductions import BLOCK as BLOCK_ELEMENTS
 _EXPONENT_BITS = 0x7FF0000000000000
 
 Vectors = Sequence[Tuple[torch.Tensor, torch.Tensor, float]]
@@ -34,8 +33,8 @@ def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     taken. Zero and values below the normal range get the smallest spacing.
     """
     power = (values.to(torch.float64).view(torch.int64) & _EXPONENT_BITS).view(torch.float64)
-    smallest = torch.finfo(dtype).tiny * 2.0 ** (1 - MANTISSA_BITS[dtype])
-    return (power * 2.0 ** (1 - MANTISSA_BITS[dtype])).clamp_min(smallest)
+    step = torch.finfo(dtype).eps  # 2^(1−p)
+    return (power * step).clamp_min(torch.finfo(dtype).tiny * step)
 
 
 def ulp_error(merged: torch.Tensor, exact: torch.Tensor) -> float:

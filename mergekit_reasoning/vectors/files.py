@@ -22,6 +22,8 @@ import torch
 
 from mergekit_reasoning.method.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.formats import load_tensor, tensor_files
+from mergekit_reasoning.core.reductions import BLOCK, float64_blocks
 from mergekit_reasoning.core.staging import refuse_non_empty, staged
 from mergekit_reasoning.method.vector_format import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
 
@@ -154,13 +156,10 @@ def extract(
     return manifest
 
 
-def _norms(stored: torch.Tensor, full: torch.Tensor, block: int = 1 << 21):
-    """‖stored‖, ‖full‖ and ‖stored − full‖ in float64, a block of elements at a time:
-    float64 copies of a 150k-row embedding would take 1.9 GB each."""
+def _norms(stored: torch.Tensor, full: torch.Tensor, block: int = BLOCK):
+    """‖stored‖, ‖full‖ and ‖stored − full‖, summed in float64."""
     squares = [0.0, 0.0, 0.0]
-    stored, full = stored.reshape(-1), full.reshape(-1)
-    for start in range(0, full.numel(), block):
-        s, f = stored[start : start + block].double(), full[start : start + block].double()
+    for s, f in float64_blocks(stored, full, block=block):
         for i, part in enumerate((s, f, s - f)):
             squares[i] += float(part.square().sum())
     return tuple(math.sqrt(x) for x in squares)
@@ -178,21 +177,17 @@ def _stored_tensors(name: str, tensor: torch.Tensor, storage: str):
 
 def dense_tensors(folder: Path, manifest: Dict):
     """(name, dense tensor) for every tensor of a vector folder, sparse or dense."""
-    from safetensors import safe_open
-
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            keys = set(handle.keys())
-            for key in sorted(keys):
-                if manifest.get("storage") != "sparse":
-                    yield key, handle.get_tensor(key)
-                elif key.endswith(VALUES):
-                    name = key[: -len(VALUES)]
-                    values, indices = handle.get_tensor(key), handle.get_tensor(name + INDICES)
-                    shape = manifest["tensors"][name]["shape"]
-                    dense = torch.zeros(math.prod(shape), dtype=values.dtype)
-                    dense[indices.long()] = values
-                    yield name, dense.reshape(shape)
+    where = tensor_files(folder)
+    for key in sorted(where, key=lambda k: (where[k], k)):
+        if manifest.get("storage") != "sparse":
+            yield key, load_tensor(where[key], key)
+        elif key.endswith(VALUES):
+            name = key[: -len(VALUES)]
+            values, indices = load_tensor(where[key], key), load_tensor(where[name + INDICES], name + INDICES)
+            shape = manifest["tensors"][name]["shape"]
+            dense = torch.zeros(math.prod(shape), dtype=values.dtype)
+            dense[indices.long()] = values
+            yield name, dense.reshape(shape)
 
 
 def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:

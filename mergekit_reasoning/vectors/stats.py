@@ -14,6 +14,10 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 
 from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.core.formats import load_tensor, tensor_files
+from mergekit_reasoning.core.reductions import dot64
+from mergekit_reasoning.method.vector_format import read_manifest
+from mergekit_reasoning.vectors.files import dense_tensors
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
@@ -29,9 +33,6 @@ def group_of(name: str) -> Tuple[str, str]:
 
 def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
     """Dense tensors of a vector folder, sparse storage included."""
-    from mergekit_reasoning.method.vector_format import read_manifest
-    from mergekit_reasoning.vectors.files import dense_tensors
-
     if not any(Path(folder).glob("*.safetensors")):
         raise RecipeError(f"{folder}: no safetensors shards")
     try:
@@ -42,16 +43,6 @@ def tensors(folder: Path) -> Iterator[Tuple[str, torch.Tensor]]:
         raise RecipeError(f"{folder}: cannot read: {error}") from None
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 21) -> float:
-    """Σ a·b in float64, a block of elements at a time: float64 copies of a 150k-row
-    embedding would take 1.9 GB each."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    total = 0.0
-    for start in range(0, a.numel(), block):
-        total += float(torch.dot(a[start : start + block].double(), b[start : start + block].double()))
-    return total
-
-
 def vector_stats(vector: Path, target: Optional[Path] = None, other: Optional[Path] = None) -> Dict:
     """Norms per layer and per module, sizes relative to `target`, cosine with `other`."""
     target_tensors = _lazy(target)
@@ -60,19 +51,19 @@ def vector_stats(vector: Path, target: Optional[Path] = None, other: Optional[Pa
     per_module: Dict[str, Dict[str, float]] = defaultdict(lambda: defaultdict(float))
     totals: Dict[str, float] = defaultdict(float)
     for name, v in tensors(vector):
-        entry = {"sq": _dot(v, v), "n": v.numel(), "zeros": int((v == 0).sum())}
+        entry = {"sq": dot64(v, v), "n": v.numel(), "zeros": int((v == 0).sum())}
         if target_tensors is not None:
             t = target_tensors(name)
             if t is not None:
                 rows = min(t.shape[0], v.shape[0]) if t.shape != v.shape else None
                 t = t[:rows] if rows else t
-                entry["target_sq"] = _dot(t, t)
+                entry["target_sq"] = dot64(t, t)
         if other_tensors is not None:
             o = other_tensors(name)
             if o is None or o.shape != v.shape:
                 raise RecipeError(f"vector {other}: tensor {name} is missing or shaped differently")
-            entry["dot"] = _dot(v, o)
-            entry["other_sq"] = _dot(o, o)
+            entry["dot"] = dot64(v, o)
+            entry["other_sq"] = dot64(o, o)
         layer, module = group_of(name)
         buckets = [per_layer[layer], totals]
         if layer.isdigit():
@@ -91,20 +82,14 @@ def _lazy(folder: Optional[Path]):
     """A reader of one tensor at a time from a model folder (None if no folder)."""
     if folder is None:
         return None
-    from safetensors import safe_open
-
-    where = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            where.update({name: file for name in handle.keys()})
+    where = tensor_files(folder)
 
     def read(name: str) -> Optional[torch.Tensor]:
         if name not in where and name == "lm_head.weight":
             name = "model.embed_tokens.weight"  # a tied model's head
         if name not in where:
             return None
-        with safe_open(str(where[name]), framework="pt") as handle:
-            return handle.get_tensor(name)
+        return load_tensor(where[name], name)
 
     return read
 
