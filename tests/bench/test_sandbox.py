@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_reasoning.bench import sandbox_rpc
+from mergekit_reasoning.bench.sandbox import rpc as sandbox_rpc
 from mergekit_reasoning.bench.sandbox import check_program as check_with, isolation
 from mergekit_reasoning.bench.tasks import mkr_hooks as hooks
 

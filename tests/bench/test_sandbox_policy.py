@@ -22,7 +22,7 @@ NOTHING = sandbox.Isolation(bwrap=None, cgroup=None, private_uid=False,
 @pytest.fixture
 def bare_host(monkeypatch):
     """A host with neither bubblewrap nor a cgroup; the opt-in is reset afterwards."""
-    monkeypatch.setattr(sandbox, "isolation", lambda: NOTHING)
+    monkeypatch.setattr(sandbox.probe, "isolation", lambda: NOTHING)
     yield
     sandbox.allow_weak_isolation(False)
 

@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from mergekit_reasoning.bench.sandbox_rpc import MESSAGE_CAP, ChannelError, ChannelTimeout, decode, encode, receive, send
+from mergekit_reasoning.bench.sandbox.rpc import MESSAGE_CAP, ChannelError, ChannelTimeout, decode, encode, receive, send
 
 PLAIN = [
     0, -1, 10**100, 0x7FFFFFFFFFFFFFFF, 1.5, -0.0, 1e-300, float("inf"), float("-inf"), 2j, 1 + 2j, -1.5 - 2j,
