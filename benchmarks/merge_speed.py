@@ -12,7 +12,9 @@ executor) with the fused kernel and with the torch kernel it replaced
 (MERGEKIT_REASONING_KERNEL=torch), one λ and a λ sweep, plus one run that pays
 numba's compilation (empty NUMBA_CACHE_DIR). Best wall time of `--repeats`
 rounds, largest peak RSS, ratios to the copy floor and to stock mergekit, as
-markdown. `--kernels` adds the in-process comparison of kernel candidates on one
+markdown. `regenerate` of the same recipe (one recipe, no output yet, input hashes
+cached as for `merge`'s later rounds) shows that it takes the same fast path.
+`--kernels` adds the in-process comparison of kernel candidates on one
 MLP-sized tensor. Outputs are deleted after each run; the inputs at the end.
 
     python benchmarks/merge_speed.py [--layers 28] [--shape qwen2.5-7b] [--cuda] [--sweep 4] [--kernels]
@@ -110,7 +112,7 @@ def measure_once(command, env=None):
 
 
 def recipe(models, method, path):
-    from mergekit_reasoning.bench.sweep import merge_config
+    from mergekit_reasoning.executor.recipe import Recipe
 
     if method == "task_arithmetic":
         data = {
@@ -125,7 +127,7 @@ def recipe(models, method, path):
             "out_dtype": "bfloat16",
         }
     else:
-        data = merge_config(models["target"], models["sft"], models["grpo"], 1.0)
+        data = Recipe.for_pair(models["target"], models["grpo"], models["sft"], 1.0).data
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -254,6 +256,9 @@ def main():
         models = write_trio(work / "models", shape=args.shape, num_layers=args.layers, tokenizer=False)
         input_bytes = sum(f.stat().st_size for m in models.values() for f in m.glob("*.safetensors"))
         ta, rv = recipe(models, "task_arithmetic", work / "ta.yml"), recipe(models, "reasoning_vector", work / "rv.yml")
+        recipes = work / "recipes"  # `regenerate` reads a folder of recipes
+        recipes.mkdir(exist_ok=True)
+        shutil.copy(rv, recipes / "rv.yml")
         out = work / "out"
         inputs = [models["target"], models["grpo"], models["sft"], out]
         torch_kernel = {"MERGEKIT_REASONING_KERNEL": "torch"}
@@ -279,6 +284,8 @@ def main():
                 (f"mergekit-reasoning merge ({device})", [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu], None),
                 (f"mergekit-reasoning merge, {sweep} ({device})",
                  [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu, *sweep_args], None),
+                (f"mergekit-reasoning regenerate, the same recipe ({device})",
+                 [*ours, "regenerate", recipes, "--out", out, *gpu], None),
             ]
             if device == "cpu":
                 approaches += [
@@ -327,6 +334,8 @@ def main():
         print(f"\nmergekit-reasoning merge: {one / floor_one:.2f} × the copy floor, "
               f"{one / find('copy floor, every input byte read'):.2f} × the floor that reads every input byte, "
               f"{one / find('stock mergekit-yaml task_arithmetic'):.2f} × stock task_arithmetic")
+        print(f"regenerate of the same recipe: {find('mergekit-reasoning regenerate') / one:.2f} × merge "
+              "(both through the executor's one entry point)")
         extra = max(args.sweep - 1, 1)
         print(f"each extra λ of the sweep: {(many - one) / extra / one:.2f} × one merge "
               f"(torch kernel before: {(before_many - before_one) / extra / before_one:.2f} ×); "
