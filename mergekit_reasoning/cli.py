@@ -217,6 +217,8 @@ def _add_bench():
 
 
 _add_bench()
+from mergekit_reasoning.recipes_cli import recipes  # noqa: E402  (click and the standard library only)
+main.add_command(recipes)
 
 
 def run() -> None:
