@@ -51,6 +51,7 @@ def run_bench(
     progress: bool = True,
     extra: Optional[dict] = None,
     allow_weak_sandbox: bool = False,
+    model_conditions: Optional[Dict[str, Union[str, Iterable[Union[str, Condition]]]]] = None,
     **engine_options,
 ) -> Optional[dict]:
     """Score every model under every condition on every task; return the results document.
@@ -64,11 +65,17 @@ def run_bench(
     writes and returns the document; the other ranks return None. HumanEval needs
     full sandbox isolation unless `allow_weak_sandbox`; the isolation used is
     recorded either way, and is part of a HumanEval score's cache key.
+    `model_conditions` maps some labels to conditions of their own, in place of
+    `conditions` (e.g. a reference model scored only with the think prompt).
     """
     if not models:
         raise BenchError("no models given")
     task_list = registry.expand(tasks)
     conds = parse_conditions(conditions)
+    own = {label: parse_conditions(spec) for label, spec in (model_conditions or {}).items()}
+    unknown = sorted(set(own) - set(models))
+    if unknown:
+        raise BenchError(f"model_conditions names {unknown[0]!r}, which is not one of the model labels {list(models)}")
     baseline = baseline or next(iter(models))
     if baseline not in models:
         raise BenchError(f"baseline {baseline!r} is not one of the model labels {list(models)}")
@@ -104,13 +111,14 @@ def run_bench(
         "task_config_hash": _config_hash(),
         "sandbox": sandbox_used,
         "allow_weak_sandbox": allow_weak_sandbox,
+        **({"model_conditions": {label: [c.name for c in c_list] for label, c_list in own.items()}} if own else {}),
         **(extra or {}),
     }
     identities = {label: model_identity(str(ref)) for label, ref in models.items()}
     units = [
         (label, cond, task, variant)
         for label in models
-        for cond in conds
+        for cond in own.get(label, conds)
         for task in task_list
         for variant in registry.variants(task, adversarial)
     ]
