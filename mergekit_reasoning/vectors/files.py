@@ -23,6 +23,7 @@ import torch
 from mergekit_reasoning.merge.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.errors import RecipeError
 from mergekit_reasoning.repro.staging import refuse_non_empty, staged
+from mergekit_reasoning.vectors.card import donor_license, write_card
 from mergekit_reasoning.vectors.manifest import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
 
 SPARSIFY = ("magnitude", "dare")
@@ -151,6 +152,7 @@ def extract(
             "packages": package_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_card(staging, manifest, name=out.name)
     return manifest
 
 
@@ -213,6 +215,7 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
         dense = dict(manifest, storage="dense")
         dense["shards"] = hash_files(staging, sorted(p.name for p in staging.glob("*.safetensors")), cached=False)
         (staging / MANIFEST).write_text(json.dumps(dense, indent=2) + "\n")
+        write_card(staging, dense, name=out.name, densified_from=source.name)
     return dense
 
 
@@ -225,5 +228,5 @@ def _in_manifest_order(pairs, manifest):
 def _source(ref) -> Dict:
     from mergekit_reasoning.merge.inputs import local_folder
 
-    _, revision = local_folder(ref)
-    return {"model": str(ref), "revision": revision}
+    folder, revision = local_folder(ref)
+    return {"model": str(ref), "revision": revision, "license": donor_license(folder, str(ref), revision)}
