@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Union
 
+from mergekit_reasoning.bench.identity import split_revision
 from mergekit_reasoning.core.errors import BenchError
 
 ENGINES = ("hf", "vllm")
@@ -123,7 +124,12 @@ def score_identity(settings: dict) -> dict:
 
 
 def model_args(ref: str, settings: dict) -> dict:
-    """The keyword arguments for lm-eval's model class, exactly as it receives them."""
+    """The keyword arguments for lm-eval's model class, exactly as it receives them.
+
+    A pinned hub model (`org/name@<revision>`) is loaded at that revision, tokenizer included.
+    """
+    ref, revision = split_revision(ref)
+    pin = {"revision": revision} if revision else {}
     engine, options = settings["engine"], settings["options"]
     batch_size = settings["batch_size"]
     if engine == "hf":
@@ -134,12 +140,15 @@ def model_args(ref: str, settings: dict) -> dict:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if batch_size == "auto" and not str(device).startswith("cuda"):
             batch_size = 8  # lm-eval's automatic search is for accelerators
-        return {"pretrained": ref, "dtype": settings["dtype"], "batch_size": batch_size, "device": device, **options}
+        return {"pretrained": ref, **pin, "dtype": settings["dtype"], "batch_size": batch_size, "device": device,
+                **options}
     # vLLM: with "auto", lm-eval hands every request to vLLM at once and vLLM schedules
     # them; an integer feeds it that many at a time. `generation_config="vllm"` keeps a
     # model's own generation_config.json (temperature, top_p, ...) out of the sampling
     # defaults, so lm-eval's settings (greedy unless a task says otherwise) are what runs.
     args = {"pretrained": ref, "dtype": settings["dtype"], "batch_size": batch_size, "generation_config": "vllm"}
+    if revision:  # lm-eval's VLLM takes the tokenizer's revision separately
+        args.update(revision=revision, tokenizer_revision=revision)
     args.update(options)
     return args
 

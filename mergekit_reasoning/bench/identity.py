@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from mergekit_reasoning.core.errors import BenchError
 
@@ -15,8 +15,19 @@ PACKAGES = (
 
 
 def is_local(ref: str) -> bool:
-    """A folder, or something written like a path; otherwise a hub id such as `org/name`."""
-    return os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.count("/") != 1
+    """A folder, or something written like a path; otherwise a hub id such as `org/name` or `org/name@rev`."""
+    return os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.split("@", 1)[0].count("/") != 1
+
+
+def split_revision(ref: str) -> Tuple[str, Optional[str]]:
+    """`org/name@<revision>` (a pinned hub model, as recipes write it) -> (`org/name`, revision).
+
+    A local path, or a hub id without `@`, comes back whole with no revision.
+    """
+    if is_local(ref) or "@" not in ref:
+        return ref, None
+    name, _, revision = ref.partition("@")
+    return name, revision or None
 
 
 def check_model(label: str, ref: str) -> None:
@@ -48,14 +59,15 @@ def model_identity(ref: str) -> dict:
     if is_local(ref):
         path = Path(ref).expanduser().resolve()
         return {"source": "local", "path": str(path), "sha256": content_hash(path)}
-    revision = None
+    name, pinned = split_revision(ref)
+    revision = pinned  # a pinned commit identifies the model even when the hub is out of reach
     try:
         from huggingface_hub import HfApi
 
-        revision = HfApi().model_info(ref).sha
-    except Exception:  # offline or private: record that it could not be pinned
+        revision = HfApi().model_info(name, revision=pinned).sha
+    except Exception:  # offline or private: record that it could not be resolved
         pass
-    return {"source": "hub", "id": ref, "revision": revision}
+    return {"source": "hub", "id": name, "revision": revision}
 
 
 def package_versions() -> Dict[str, str]:

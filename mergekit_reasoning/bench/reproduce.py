@@ -3,9 +3,10 @@
 From one reasoning_vector recipe (a GRPO/SFT pair, a target and λ) it merges
 target + |λ|·v and target − |λ|·v in one streaming pass, scores the target and both
 merges under the paper's conditions (plain and "think step by step" prompts, GSM8K
-also with distractors) and writes the table with the paper's reported deltas
-beside the measured ones. Merges and scores are reused like `bench`'s, so a rerun
-resumes. Cheap to import: mergekit and lm_eval load when it runs.
+also with distractors), the GRPO donor with the think prompt as a reference (the
+paper's G+T row), and writes the table with the paper's reported deltas, each under
+its condition, beside the measured ones. Merges and scores are reused like `bench`'s,
+so a rerun resumes. Cheap to import: mergekit and lm_eval load when it runs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Optional, Union
 
 from mergekit_reasoning.bench import paper, registry
+from mergekit_reasoning.bench.conditions import parse_conditions
 from mergekit_reasoning.core.errors import BenchError
 from mergekit_reasoning.executor.recipe import Recipe
 
 DEFAULT_TASKS = "gsm8k,humaneval,sciq,bbh"
 CONDITIONS = "plain,think"
-BASE, PLUS, MINUS = "base", "+v", "-v"
+BASE, PLUS, MINUS, DONOR = "base", "+v", "-v", "G+T"
 
 _TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype"}
 _ONLY = "reproduce merges one GRPO/SFT pair with one global λ"
@@ -100,13 +102,16 @@ def reproduce(
     conditions: str = CONDITIONS,
     paper_size: Optional[str] = "auto",
     plots: bool = True,
+    donor: bool = True,
     **options,
 ) -> dict:
     """Merge ±|λ|·v from RECIPE, score base, +v and −v, write table.md with the paper's deltas.
 
     `paper_size` picks the paper's figures: "auto" reads the size from the target's
-    name (e.g. 1.5B), "none" shows none. Every other keyword (data_dir, limit,
-    batch_size, device, engine options ...) goes to `run_bench` unchanged.
+    name (e.g. 1.5B or 7B), "none" shows none. With `donor` (the default) the GRPO
+    donor is also scored, as `G+T`, under each of `conditions` with the think prompt:
+    the paper's reference row. Every other keyword (data_dir, limit, batch_size,
+    device, engine options ...) goes to `run_bench` unchanged.
     """
     from mergekit_reasoning.bench.runner import run_bench
     from mergekit_reasoning.bench.sweep import merge_lambdas
@@ -120,10 +125,15 @@ def reproduce(
     out = Path(out_dir)
     merged = merge_lambdas(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges")
     models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
+    think = [c for c in parse_conditions(conditions) if c.prompt == "think"] if donor else []
+    if think:  # the paper's G+T: the GRPO donor, prompted to think step by step
+        models[DONOR] = pair.grpo
+        options["model_conditions"] = {**options.get("model_conditions", {}), DONOR: think}
     extra = {**options.pop("extra", {}), "reproduce": {
         "recipe": str(Path(recipe).resolve()), "lambda": pair.lam, "merge_dtype": pair.dtype,
-        "target": pair.target, "grpo": pair.grpo, "sft": pair.sft,
-        "paper": {"source": paper.SOURCE, "size": size, "reported": paper.reported(size)},
+        "target": pair.target, "grpo": pair.grpo, "sft": pair.sft, "donor": DONOR if think else None,
+        "paper": {"source": paper.SOURCE, "size": size, "target": paper.TARGETS.get(size or ""),
+                  "figures": paper.reported(size)},
     }}
     document = run_bench(
         models, task_list, conditions=conditions, out_dir=out, baseline=BASE, adversarial=True,
@@ -131,7 +141,10 @@ def reproduce(
     )
     every_score = (out / "table.md").read_text().replace("# Benchmark results", "## Every score", 1)
     head = (f"# Reproduction of {paper.SOURCE}\n\n"
-            f"`{recipe}`: {BASE} = {pair.target}; {PLUS} / {MINUS} = {BASE} ± {pair.lam:g}·({pair.grpo} − {pair.sft}).\n\n")
-    (out / "table.md").write_text(head + paper.comparison_markdown(document, size, {PLUS: PLUS, MINUS: MINUS})
-                                  + "\n" + every_score)
+            f"`{recipe}`: {BASE} = {pair.target}; "
+            f"{PLUS} / {MINUS} = {BASE} ± {pair.lam:g}·({pair.grpo} − {pair.sft})"
+            + (f"; {DONOR} = {pair.grpo} with the think prompt" if think else "") + ".\n\n")
+    comparison = paper.comparison_markdown(document, size, {PLUS: PLUS, MINUS: MINUS},
+                                           donor=DONOR if think else None, target=pair.target)
+    (out / "table.md").write_text(head + comparison + "\n" + every_score)
     return document

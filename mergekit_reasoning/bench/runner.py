@@ -41,6 +41,7 @@ class BenchRun:
     models: Dict[str, str]
     tasks: List[str]
     conditions: List[Condition]
+    own_conditions: Dict[str, List[Condition]]  # labels scored under conditions of their own
     out: Path
     engine: dict  # engines.engine_settings
     scoring: dict  # engines.score_identity: what of the engine can move a score
@@ -58,7 +59,7 @@ class BenchRun:
         return [
             (label, cond, task, variant)
             for label in self.models
-            for cond in self.conditions
+            for cond in self.own_conditions.get(label, self.conditions)
             for task in self.tasks
             for variant in registry.variants(task, self.settings["adversarial"])
         ]
@@ -98,6 +99,7 @@ def run_bench(
     progress: bool = True,
     extra: Optional[dict] = None,
     allow_weak_sandbox: bool = False,
+    model_conditions: Optional[Dict[str, Union[str, Iterable[Union[str, Condition]]]]] = None,
     **engine_options,
 ) -> Optional[dict]:
     """Score every model under every condition on every task; return the results document.
@@ -111,12 +113,15 @@ def run_bench(
     writes and returns the document; the other ranks return None. HumanEval needs
     full sandbox isolation unless `allow_weak_sandbox`; the isolation used is
     recorded either way, and is part of a HumanEval score's cache key.
+    `model_conditions` maps some labels to conditions of their own, in place of
+    `conditions` (e.g. a reference model scored only with the think prompt).
     """
     run = plan(
         models, tasks, conditions, out_dir, data_dir=data_dir, limit=limit, baseline=baseline,
         adversarial=adversarial, adversarial_seed=adversarial_seed, engine=engine, dtype=dtype,
         batch_size=batch_size, device=device, max_gen_toks=max_gen_toks, log_samples=log_samples, plots=plots,
-        progress=progress, extra=extra, allow_weak_sandbox=allow_weak_sandbox, **engine_options,
+        progress=progress, extra=extra, allow_weak_sandbox=allow_weak_sandbox, model_conditions=model_conditions,
+        **engine_options,
     )
     units = run.units()
     score_missing(run, units)
@@ -127,13 +132,18 @@ def run_bench(
 
 def plan(
     models, tasks, conditions, out_dir, *, data_dir, limit, baseline, adversarial, adversarial_seed, engine, dtype,
-    batch_size, device, max_gen_toks, log_samples, plots, progress, extra, allow_weak_sandbox, **engine_options,
+    batch_size, device, max_gen_toks, log_samples, plots, progress, extra, allow_weak_sandbox, model_conditions,
+    **engine_options,
 ) -> BenchRun:
     """Check every option and model, and settle what the run scores and records."""
     if not models:
         raise BenchError("no models given")
     task_list = registry.expand(tasks)
     conds = parse_conditions(conditions)
+    own = {label: parse_conditions(spec) for label, spec in (model_conditions or {}).items()}
+    unknown = sorted(set(own) - set(models))
+    if unknown:
+        raise BenchError(f"model_conditions names {unknown[0]!r}, which is not one of the model labels {list(models)}")
     baseline = baseline or next(iter(models))
     if baseline not in models:
         raise BenchError(f"baseline {baseline!r} is not one of the model labels {list(models)}")
@@ -166,12 +176,14 @@ def plan(
         "task_config_hash": _config_hash(),
         "sandbox": sandbox_used,
         "allow_weak_sandbox": allow_weak_sandbox,
+        **({"model_conditions": {label: [c.name for c in c_list] for label, c_list in own.items()}} if own else {}),
         **(extra or {}),
     }
     return BenchRun(
         models=dict(models),
         tasks=task_list,
         conditions=conds,
+        own_conditions=own,
         out=Path(out_dir),
         engine=engine_cfg,
         scoring=scoring,

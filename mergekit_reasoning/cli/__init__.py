@@ -15,6 +15,7 @@ import click
 from mergekit_reasoning.core.errors import Error
 from mergekit_reasoning.core.formats import VECTOR_DTYPES
 from mergekit_reasoning.cli import bench as bench_commands
+from mergekit_reasoning.cli import recipes as recipe_commands
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
 
 
@@ -193,6 +194,7 @@ def demo(workdir, shape):
 
 main.add_command(bench_commands.bench)
 main.add_command(bench_commands.reproduce_command)
+main.add_command(recipe_commands.recipes)
 
 
 def run() -> None:

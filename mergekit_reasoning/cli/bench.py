@@ -159,19 +159,22 @@ def bench(models, tasks, conditions, adversarial, adversarial_seed, baseline, ou
 @click.option("--tasks", default=REPRODUCE_TASKS, show_default=True, help="As for bench, e.g. gsm8k_cot,sciq,bbh_navigate.")
 @click.option("--conditions", default=REPRODUCE_CONDITIONS, show_default=True, help="As for bench; the paper's are plain and think.")
 @click.option("--paper-size", default="auto", show_default=True,
-              help="Which of the paper's figures to show: auto (from the target's name), 1.5B, or none.")
+              help="Which of the paper's figures to show: auto (from the target's name), 1.5B, 7B, or none.")
+@click.option("--no-donor", is_flag=True,
+              help="Do not score the GRPO donor with the think prompt (the paper's G+T reference row).")
 @scoring_options
-def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, **scoring):
+def reproduce_command(recipe, out_dir, tasks, conditions, paper_size, no_donor, **scoring):
     """The paper's table: merge +v and −v from RECIPE, score them and the target, compare with the paper.
 
     Scores the recipe's target (base), target + |λ|·v and target − |λ|·v on GSM8K
     (plain and with distractors), HumanEval, SciQ and BBH, each with the plain and
-    the "think step by step" prompt. Writes OUT/table.md, OUT/results.json and
-    OUT/plots; merges go to OUT/merges. A rerun reuses every finished merge and score.
+    the "think step by step" prompt, and the GRPO donor with the think prompt (G+T).
+    Writes OUT/table.md, OUT/results.json and OUT/plots; merges go to OUT/merges.
+    A rerun reuses every finished merge and score.
     """
     with one_line_errors():
         from mergekit_reasoning.bench.reproduce import reproduce
 
-        reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size,
+        reproduce(recipe, out_dir, tasks=tasks, conditions=conditions, paper_size=paper_size, donor=not no_donor,
                   **scoring_kwargs(**scoring))
     print_table(out_dir)

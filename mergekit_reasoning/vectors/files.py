@@ -26,6 +26,7 @@ from mergekit_reasoning.core.formats import load_tensor, tensor_files
 from mergekit_reasoning.core.reductions import BLOCK, float64_blocks
 from mergekit_reasoning.core.staging import refuse_non_empty, staged
 from mergekit_reasoning.method.vector_format import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
+from mergekit_reasoning.vectors.card import donor_license, write_card
 
 SPARSIFY = ("magnitude", "dare")
 STORAGES = ("dense", "sparse")
@@ -153,6 +154,7 @@ def extract(
             "packages": package_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_card(staging, manifest, name=out.name)
     return manifest
 
 
@@ -208,6 +210,7 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
         dense = dict(manifest, storage="dense")
         dense["shards"] = hash_files(staging, sorted(p.name for p in staging.glob("*.safetensors")), cached=False)
         (staging / MANIFEST).write_text(json.dumps(dense, indent=2) + "\n")
+        write_card(staging, dense, name=out.name, densified_from=source.name)
     return dense
 
 
@@ -220,5 +223,5 @@ def _in_manifest_order(pairs, manifest):
 def _source(ref) -> Dict:
     from mergekit_reasoning.method.models import local_folder
 
-    _, revision = local_folder(ref)
-    return {"model": str(ref), "revision": revision}
+    folder, revision = local_folder(ref)
+    return {"model": str(ref), "revision": revision, "license": donor_license(folder, str(ref), revision)}

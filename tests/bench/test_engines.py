@@ -141,6 +141,24 @@ def test_hf_model_args_follow_lm_eval_s_defaults_and_sharding():
     assert sharded == {"pretrained": "/m", "dtype": "bfloat16", "batch_size": 16, "device": "cuda", "parallelize": True}
 
 
+def test_a_pinned_hub_model_is_loaded_and_identified_at_its_revision(monkeypatch):
+    """Recipes pin `org/name@<commit>`; lm-eval gets the name and the revision (vLLM: the tokenizer's too)."""
+    from mergekit_reasoning.bench import identity
+    from mergekit_reasoning.bench.engines import engine_settings, model_args
+
+    rev = "a09a35458c702b33eeacc393d103063234e8bc28"
+    ref = f"Qwen/Qwen2.5-7B-Instruct@{rev}"
+    assert model_args(ref, engine_settings("hf", "auto", 4, "cpu")) == {
+        "pretrained": "Qwen/Qwen2.5-7B-Instruct", "revision": rev, "dtype": "auto", "batch_size": 4, "device": "cpu"}
+    vllm = model_args(ref, engine_settings("vllm", "auto", "auto", None))
+    assert (vllm["pretrained"], vllm["revision"], vllm["tokenizer_revision"]) == ("Qwen/Qwen2.5-7B-Instruct", rev, rev)
+    assert "revision" not in model_args("Qwen/Qwen2.5-7B-Instruct", engine_settings("hf", "auto", 4, "cpu"))
+    assert identity.split_revision("/models/a@b/c") == ("/models/a@b/c", None)  # a path stays whole
+    # Offline (HF_HUB_OFFLINE in the tests) the pinned commit is the identity; unpinned, there is none.
+    assert identity.model_identity(ref) == {"source": "hub", "id": "Qwen/Qwen2.5-7B-Instruct", "revision": rev}
+    assert identity.model_identity("Qwen/Qwen2.5-7B-Instruct")["revision"] is None
+
+
 def test_a_killed_child_is_described():
     from mergekit_reasoning.bench.children import _describe_exit
 

@@ -99,24 +99,38 @@ def test_merges_plus_and_minus_in_one_pass_and_scores_three_models_under_both_co
         "base": str(trio["target"]),
         "+v": str(reproduced["out"] / "merges" / "lambda=1"),
         "-v": str(reproduced["out"] / "merges" / "lambda=-1"),
+        "G+T": str(trio["grpo"]),  # the paper's reference row: the GRPO donor with the think prompt
     }
-    assert len({m["sha256"] for m in doc["models"].values()}) == 3
-    # One lm-eval run per model and condition; the think runs carry the instruction.
-    assert len(scores) == 6 and sum(1 for s in scores if s[1]) == 3
+    assert len({m["sha256"] for m in doc["models"].values()}) == 4
+    # One lm-eval run per model and condition (the donor: think only); the think runs carry the instruction.
+    assert len(scores) == 7 and sum(1 for s in scores if s[1]) == 4
+    assert [s[1] for s in scores if s[0] == str(trio["grpo"])] == ["Think step by step, then give the final answer."]
     assert all(set(s[2]) == {"mkr_gsm8k_cot", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_bbh_cot_fewshot_navigate"}
                for s in scores)
     units = {(s["label"], s["condition"], s["task"], s["variant"]) for s in doc["scores"]}
-    for label in ("base", "+v", "-v"):
+    for label in ("base", "+v", "-v", "G+T"):
         for cond in ("plain", "think"):
             for task, variant in (("gsm8k_cot", "plain"), ("gsm8k_cot", "adversarial"), ("sciq", "plain"),
                                   ("bbh_navigate", "plain")):
-                assert (label, cond, task, variant) in units
+                assert ((label, cond, task, variant) in units) == (label != "G+T" or cond == "think")
     settings = doc["settings"]
     assert settings["baseline"] == "base" and settings["adversarial"] is True
+    assert settings["model_conditions"] == {"G+T": ["think"]}
     assert settings["reproduce"]["lambda"] == 1.0 and settings["reproduce"]["merge_dtype"] == "bfloat16"
+    summary, abstract = "Papers Explained 488: Reasoning Vectors, 2025-11-07", "arXiv:2509.01363 abstract"
+    assert settings["reproduce"]["donor"] == "G+T"
     assert settings["reproduce"]["paper"] == {
-        "source": "arXiv:2509.01363", "size": "1.5B",
-        "reported": {"+v": {"gsm8k": 4.9, "humaneval": 4.3, "sciq": 1.7, "bbh": 12.3}, "-v": {"gsm8k": -11.8}},
+        "source": "arXiv:2509.01363", "size": "1.5B", "target": "Qwen/Qwen2.5-1.5B-Instruct",
+        "figures": [
+            {"direction": "+v", "dataset": "gsm8k", "prompt": "plain", "delta": 2.6, "source": summary},
+            {"direction": "+v", "dataset": "humaneval", "prompt": "plain", "delta": 2.2, "source": summary},
+            {"direction": "+v", "dataset": "bbh", "prompt": "plain", "delta": 12.3, "source": summary},
+            {"direction": "+v", "dataset": "gsm8k", "prompt": "think", "delta": 4.9, "source": summary},
+            {"direction": "+v", "dataset": "humaneval", "prompt": "think", "delta": 4.3, "source": summary},
+            {"direction": "+v", "dataset": "bbh", "prompt": "think", "delta": 12.3, "source": summary},
+            {"direction": "+v", "dataset": "sciq", "prompt": None, "delta": 1.7, "source": abstract},
+            {"direction": "-v", "dataset": "gsm8k", "prompt": None, "delta": -11.8, "source": abstract},
+        ],
     }
 
 
@@ -136,23 +150,36 @@ def test_plus_and_minus_are_the_target_plus_and_minus_the_vector(reproduced, tri
         assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], target["model.layers.0.mlp.up_proj.weight"])
 
 
+HEAD = ("| task | variant | condition | n | base | +v | Δ +v | Δ +v vs plain base | paper Δ +v "
+        "| -v | Δ -v | Δ -v vs plain base | paper Δ -v | G+T | Δ G+T vs plain base | source |")
+
+
 def test_table_sets_the_paper_beside_the_measured_deltas(reproduced):
     table = (reproduced["out"] / "table.md").read_text()
     lines = table.splitlines()
     assert lines[0] == "# Reproduction of arXiv:2509.01363"
     assert "## Against the paper (arXiv:2509.01363, Qwen2.5-1.5B)" in lines
-    assert "| task | variant | condition | n | base | +v | Δ +v | paper Δ +v | -v | Δ -v | paper Δ -v |" in lines
+    assert HEAD in lines
     row = next(l for l in lines if l.startswith("| gsm8k_cot | plain | plain |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[7] == "+4.9" and cells[10] == "-11.8"
-    assert cells[6].startswith(("+", "-")) and cells[9].startswith(("+", "-"))  # our Δ, in points
+    # Plain prompt: the summary's +Vector figure; the abstract's −11.8 with its condition unstated (*).
+    assert cells[8] == "+2.6" and cells[12] == "-11.8*" and cells[15] == "[S], [A]"
+    assert cells[6].startswith(("+", "-")) and cells[10].startswith(("+", "-"))  # our Δ, in points
+    assert cells[7] == cells[6] and cells[11] == cells[10]  # under the plain prompt both Δ agree
+    assert cells[13] == cells[14] == "–"  # the donor is scored with the think prompt only
+    think = [c.strip() for c in next(l for l in lines if l.startswith("| gsm8k_cot | plain | think |"))
+             .strip("|").split("|")]
+    assert think[8] == "+4.9" and think[12] == "-11.8*"  # +Vector+Think: where +4.9 belongs
+    assert think[13] != "–" and think[14].startswith(("+", "-"))  # G+T, against base under the plain prompt
     sciq = next(l for l in lines if l.startswith("| sciq | plain | plain |"))
     cells = [c.strip() for c in sciq.strip("|").split("|")]
-    assert cells[7] == "+1.7" and cells[10] == "—"
-    # The paper gives no figure for the think prompt, for distractors, or for one BBH subtask alone.
-    for prefix in ("| gsm8k_cot | plain | think |", "| gsm8k_cot | adversarial | plain |", "| bbh_navigate | plain | plain |"):
+    assert cells[8] == "+1.7*" and cells[12] == "—" and cells[15] == "[A]"
+    # The paper gives no figure for distractors, or for one BBH subtask alone.
+    for prefix in ("| gsm8k_cot | adversarial | plain |", "| gsm8k_cot | adversarial | think |",
+                   "| bbh_navigate | plain | plain |", "| bbh_navigate | plain | think |"):
         cells = [c.strip() for c in next(l for l in lines if l.startswith(prefix)).strip("|").split("|")]
-        assert cells[7] == cells[10] == "—" and cells[6] != "—", cells
+        assert cells[8] == cells[12] == cells[15] == "—" and cells[6] != "—", cells
+    assert "Sources: [S] Papers Explained 488: Reasoning Vectors, 2025-11-07; [A] arXiv:2509.01363 abstract." in table
     # Then every score, as bench writes it, with the split each came from.
     assert "## Every score" in lines
     assert "Data: GSM8K: test (local); SciQ: validation (local); BBH: test (local); limit: 1." in table
@@ -174,7 +201,8 @@ def _document(values, size_tasks=("gsm8k_cot", "humaneval", "sciq", "bbh")):
         metric, filt = PRIMARY[task]
         scores.append({"label": label, "condition": cond, "task": task, "variant": variant, "subtask": None,
                        "n": 10, "metric": metric, "filter": filt, "value": value, "stderr": 0.01})
-    return {"settings": {"baseline": "base"}, "models": {"base": {}, "+v": {}, "-v": {}}, "scores": scores}
+    labels = dict.fromkeys(label for label, *_ in values)
+    return {"settings": {"baseline": "base"}, "models": {label: {} for label in labels}, "scores": scores}
 
 
 def _rows(markdown):
@@ -186,27 +214,50 @@ def test_comparison_layout_with_known_values():
     values = {}
     for task, base, plus, minus in (("gsm8k_cot", 0.50, 0.55, 0.40), ("humaneval", 0.30, 0.32, 0.30),
                                     ("sciq", 0.90, 0.905, 0.88), ("bbh", 0.20, 0.35, 0.10)):
-        for cond in ("plain", "think"):
-            values.update({("base", task, cond, "plain"): base, ("+v", task, cond, "plain"): plus,
-                           ("-v", task, cond, "plain"): minus})
+        # Under the think prompt every model scores 2 points more, and the donor 1 point below +v.
+        for cond, bump in (("plain", 0.0), ("think", 0.02)):
+            values.update({("base", task, cond, "plain"): base + bump, ("+v", task, cond, "plain"): plus + bump,
+                           ("-v", task, cond, "plain"): minus + bump})
+        values[("G+T", task, "think", "plain")] = plus + 0.01
     values.update({("base", "gsm8k_cot", "plain", "adversarial"): 0.4, ("+v", "gsm8k_cot", "plain", "adversarial"): 0.5,
                    ("-v", "gsm8k_cot", "plain", "adversarial"): 0.1})
-    rows = _rows(comparison_markdown(_document(values), "1.5B", {"+v": "+v", "-v": "-v"}))
-    #                                            n     base           +v            Δ+v    paper   -v            Δ-v     paper
-    assert rows[("gsm8k_cot", "plain", "plain")] == ["gsm8k_cot", "plain", "plain", "10", "50.0 ± 1.0", "55.0 ± 1.0", "+5.0",
-                                                     "+4.9", "40.0 ± 1.0", "-10.0", "-11.8"]
-    assert rows[("humaneval", "plain", "plain")][6:] == ["+2.0", "+4.3", "30.0 ± 1.0", "+0.0", "—"]
-    assert rows[("sciq", "plain", "plain")][6:] == ["+0.5", "+1.7", "88.0 ± 1.0", "-2.0", "—"]
-    assert rows[("bbh", "plain", "plain")][6:] == ["+15.0", "+12.3", "10.0 ± 1.0", "-10.0", "—"]
-    assert rows[("gsm8k_cot", "adversarial", "plain")][6:] == ["+10.0", "—", "10.0 ± 1.0", "-30.0", "—"]
-    for task in ("gsm8k_cot", "humaneval", "sciq", "bbh"):
-        think = rows[(task, "plain", "think")]
-        assert think[7] == "—" and think[10] == "—"
+    text = comparison_markdown(_document(values), "1.5B", {"+v": "+v", "-v": "-v"}, donor="G+T")
+    rows = _rows(text)
+    assert HEAD in text.splitlines()
+    # columns: n, base, +v, Δ +v, Δ +v vs plain base, paper, -v, Δ -v, Δ -v vs plain base, paper, G+T, Δ G+T, source
+    assert rows[("gsm8k_cot", "plain", "plain")] == [
+        "gsm8k_cot", "plain", "plain", "10", "50.0 ± 1.0", "55.0 ± 1.0", "+5.0", "+5.0", "+2.6",
+        "40.0 ± 1.0", "-10.0", "-10.0", "-11.8*", "–", "–", "[S], [A]"]
+    # Think rows: Δ against base under the same prompt, then against base under the plain prompt (the paper's way).
+    assert rows[("gsm8k_cot", "plain", "think")] == [
+        "gsm8k_cot", "plain", "think", "10", "52.0 ± 1.0", "57.0 ± 1.0", "+5.0", "+7.0", "+4.9",
+        "42.0 ± 1.0", "-10.0", "-8.0", "-11.8*", "56.0 ± 1.0", "+6.0", "[S], [A]"]
+    assert rows[("humaneval", "plain", "plain")][6:] == ["+2.0", "+2.0", "+2.2", "30.0 ± 1.0", "+0.0", "+0.0", "—",
+                                                         "–", "–", "[S]"]
+    assert rows[("humaneval", "plain", "think")][6:9] == ["+2.0", "+4.0", "+4.3"]
+    assert rows[("sciq", "plain", "plain")][6:] == ["+0.5", "+0.5", "+1.7*", "88.0 ± 1.0", "-2.0", "-2.0", "—",
+                                                    "–", "–", "[A]"]
+    assert rows[("sciq", "plain", "think")][8] == "+1.7*"  # condition not stated: beside both prompts
+    assert rows[("bbh", "plain", "plain")][6:9] == ["+15.0", "+15.0", "+12.3"]
+    assert rows[("bbh", "plain", "think")][6:9] == ["+15.0", "+17.0", "+12.3"]
+    assert rows[("gsm8k_cot", "adversarial", "plain")][6:] == ["+10.0", "+10.0", "—", "10.0 ± 1.0", "-30.0", "-30.0",
+                                                               "—", "–", "–", "—"]
+    # 7B: one figure, GSM8K +5.0 with the vector and the think prompt; nothing under the plain prompt.
+    rows = _rows(comparison_markdown(_document(values), "7B", {"+v": "+v", "-v": "-v"}, donor="G+T",
+                                     target="allenai/OLMo-2-1124-7B@7df9a82518afdecae4e8c026b27adccc8c1f0032"))
+    assert rows[("gsm8k_cot", "plain", "think")][8] == "+5.0" and rows[("gsm8k_cot", "plain", "think")][12] == "—"
+    assert all(r[8] == r[12] == "—" for key, r in rows.items() if key != ("gsm8k_cot", "plain", "think"))
+    text = comparison_markdown(_document(values), "7B", {"+v": "+v", "-v": "-v"}, target="allenai/OLMo-2-1124-7B")
+    assert ("The paper's figures are for the target Qwen/Qwen2.5-7B-Instruct; this recipe's target is "
+            "allenai/OLMo-2-1124-7B.") in text
+    assert "this recipe's target" not in comparison_markdown(
+        _document(values), "7B", {"+v": "+v", "-v": "-v"},
+        target="Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28")
     # A size the paper gives no figures for: the measured columns stay, every paper cell is —.
-    for size in (None, "7B"):
+    for size in (None, "13B"):
         text = comparison_markdown(_document(values), size, {"+v": "+v", "-v": "-v"})
-        assert "no figures for this model size" in text
-        assert all(r[7] == "—" and r[10] == "—" for r in _rows(text).values())
+        assert "no figures for this model size" in text and "Sources:" not in text
+        assert all(r[8] == "—" and r[12] == "—" for r in _rows(text).values())
 
 
 def test_model_size_is_read_from_the_target_name():
@@ -220,6 +271,7 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
     """Whatever run_bench accepts (engine, dtype, parallel sizes ...) reaches it unchanged;
     the merge keeps the recipe's dtype."""
     from mergekit_reasoning.bench import reproduce as module, runner, sweep
+    from mergekit_reasoning.bench.conditions import Condition
 
     seen = {}
 
@@ -228,7 +280,7 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
         return {lam: out_root / f"lambda={lam:g}" for lam in lams}
 
     def run_bench(models, tasks, **kwargs):
-        seen["bench"] = kwargs
+        seen["bench"], seen["models"] = kwargs, models
         kwargs["out_dir"].mkdir(parents=True, exist_ok=True)
         (kwargs["out_dir"] / "table.md").write_text("# Benchmark results\n")
         return {"settings": {"baseline": "base"}, "models": models, "scores": []}
@@ -243,7 +295,12 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
     assert {k: got[k] for k in ("engine", "dtype", "tensor_parallel_size", "limit", "device")} == {
         "engine": "vllm", "dtype": "float16", "tensor_parallel_size": 2, "limit": 3, "device": "cuda:1"}
     assert got["conditions"] == "plain,think" and got["adversarial"] is True and got["baseline"] == "base"
+    assert seen["models"]["G+T"] == str(trio["grpo"]) and got["model_conditions"] == {"G+T": [Condition("think")]}
     assert (tmp_path / "o" / "table.md").read_text().startswith("# Reproduction of arXiv:2509.01363")
+    # --no-donor (donor=False), or no think prompt among the conditions: no G+T row.
+    for kwargs in (dict(donor=False), dict(conditions="plain")):
+        module.reproduce(recipe, tmp_path / "o", tasks="sciq", **kwargs)
+        assert "G+T" not in seen["models"] and "model_conditions" not in seen["bench"]
 
 
 @pytest.mark.parametrize(
@@ -293,6 +350,7 @@ def test_bad_input_is_one_clear_line_before_anything_is_merged(recipe_changes, a
 def test_reproduce_is_a_command_with_help():
     result = CliRunner().invoke(main, ["reproduce", "--help"])
     assert result.exit_code == 0 and "--paper-size" in result.output and "think" in result.output
+    assert "--no-donor" in result.output and "G+T" in result.output
 
 
 def test_python_callers_get_one_package_error(tmp_path):
