@@ -78,14 +78,30 @@ def score(engine: str, model: str, args, options: dict) -> dict:
     with TreeMemory() as memory:
         start = time.perf_counter()
         doc = run_bench(
-            {"model": model}, args.task, out_dir=out, data_dir=args.data_dir, limit=args.limit,
-            engine=engine, dtype=args.dtype, batch_size=options.pop("batch_size"), max_gen_toks=args.max_gen_toks,
-            log_samples=True, plots=False, progress=False, **options,
+            {"model": model},
+            args.task,
+            out_dir=out,
+            data_dir=args.data_dir,
+            limit=args.limit,
+            engine=engine,
+            dtype=args.dtype,
+            batch_size=options.pop("batch_size"),
+            max_gen_toks=args.max_gen_toks,
+            log_samples=True,
+            plots=False,
+            progress=False,
+            **options,
         )
         seconds = time.perf_counter() - start
     samples = {name: rows for entry in doc["samples"] for name, rows in entry["samples"].items()}
-    return {"seconds": seconds, "peak_rss_gb": memory.peak_rss / 2**30, "peak_pss_gb": memory.peak_pss / 2**30,
-            "samples": samples, "scores": doc["scores"], "scored_on": doc["settings"]["scored_on"]}
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": memory.peak_rss / 2**30,
+        "peak_pss_gb": memory.peak_pss / 2**30,
+        "samples": samples,
+        "scores": doc["scores"],
+        "scored_on": doc["settings"]["scored_on"],
+    }
 
 
 def agreement(a: dict, b: dict) -> dict:
@@ -105,8 +121,12 @@ def agreement(a: dict, b: dict) -> dict:
             else:
                 raw[(name, row["doc_id"])] = row["resps"] == twin["resps"]
                 answers[(name, row["doc_id"], row.get("filter"))] = row["filtered_resps"] == twin["filtered_resps"]
-    return {"documents": len(raw), "same_raw": sum(raw.values()),
-            "answers": len(answers), "same_answer": sum(answers.values())}
+    return {
+        "documents": len(raw),
+        "same_raw": sum(raw.values()),
+        "answers": len(answers),
+        "same_answer": sum(answers.values()),
+    }
 
 
 def _choice(row) -> int:
@@ -124,16 +144,23 @@ def main() -> None:
     p.add_argument("--max-gen-toks", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--batch-size", type=int, default=8, help="hf engine's batch size (vllm gets 'auto': all at once)")
-    p.add_argument("--enforce-eager", action="store_true", help="vllm without compilation/CUDA graphs (CPU: fast start)")
+    p.add_argument(
+        "--enforce-eager", action="store_true", help="vllm without compilation/CUDA graphs (CPU: fast start)"
+    )
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--results", help="append a markdown section to this file")
     args = p.parse_args()
 
     args.work = tempfile.mkdtemp(prefix="mkr-engines-")
     # Keep vLLM's and torch.compile's caches, sockets and temporary files inside the work folder.
-    for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                     ("VLLM_RPC_BASE_PATH", "rpc"), ("TRITON_CACHE_DIR", "triton"), ("TMPDIR", "tmp"),
-                     ("MERGEKIT_REASONING_CACHE", "hash-cache")):
+    for var, sub in (
+        ("VLLM_CACHE_ROOT", "vllm-cache"),
+        ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+        ("VLLM_RPC_BASE_PATH", "rpc"),
+        ("TRITON_CACHE_DIR", "triton"),
+        ("TMPDIR", "tmp"),
+        ("MERGEKIT_REASONING_CACHE", "hash-cache"),
+    ):
         os.makedirs(os.path.join(args.work, sub), exist_ok=True)
         os.environ[var] = os.path.join(args.work, sub)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -156,13 +183,24 @@ def main() -> None:
     agree = agreement(hf["samples"], vllm["samples"])
     ratio = hf["seconds"] / vllm["seconds"]
     summary = {
-        "device": vllm["scored_on"], "model": args.model or f"stand-in {args.shape}, {args.layers} layers",
-        "task": args.task, "limit": args.limit, "max_gen_toks": args.max_gen_toks, "dtype": args.dtype,
-        "hf_batch_size": args.batch_size, "vllm_options": vllm_options,
-        "hf_s": hf["seconds"], "vllm_s": vllm["seconds"], "hf_over_vllm": ratio,
-        "hf_peak_rss_gb": hf["peak_rss_gb"], "hf_peak_pss_gb": hf["peak_pss_gb"],
-        "vllm_peak_rss_gb": vllm["peak_rss_gb"], "vllm_peak_pss_gb": vllm["peak_pss_gb"],
-        "agreement": agree, "load_average_before": load, "load_average_after": os.getloadavg(),
+        "device": vllm["scored_on"],
+        "model": args.model or f"stand-in {args.shape}, {args.layers} layers",
+        "task": args.task,
+        "limit": args.limit,
+        "max_gen_toks": args.max_gen_toks,
+        "dtype": args.dtype,
+        "hf_batch_size": args.batch_size,
+        "vllm_options": vllm_options,
+        "hf_s": hf["seconds"],
+        "vllm_s": vllm["seconds"],
+        "hf_over_vllm": ratio,
+        "hf_peak_rss_gb": hf["peak_rss_gb"],
+        "hf_peak_pss_gb": hf["peak_pss_gb"],
+        "vllm_peak_rss_gb": vllm["peak_rss_gb"],
+        "vllm_peak_pss_gb": vllm["peak_pss_gb"],
+        "agreement": agree,
+        "load_average_before": load,
+        "load_average_after": os.getloadavg(),
     }
     print(json.dumps(summary, indent=1))
     if args.results:
@@ -174,7 +212,8 @@ def main() -> None:
             f"Task: {args.task}, limit {args.limit}, max_gen_toks {args.max_gen_toks}. hf batch {args.batch_size}; "
             f"vllm {', '.join(f'{k}={v}' for k, v in vllm_options.items())}. Each time is one `run_bench` "
             "(child process start, model load, scoring, writing).\n",
-            "| engine | seconds | peak RSS, process tree (GB) | peak PSS (GB) |", "|---|---|---|---|",
+            "| engine | seconds | peak RSS, process tree (GB) | peak PSS (GB) |",
+            "|---|---|---|---|",
             f"| hf | {hf['seconds']:.1f} | {hf['peak_rss_gb']:.2f} | {hf['peak_pss_gb']:.2f} |",
             f"| vllm | {vllm['seconds']:.1f} | {vllm['peak_rss_gb']:.2f} | {vllm['peak_pss_gb']:.2f} |",
             f"\nhf / vllm time: **{ratio:.2f}×**. Outputs alike: {agree['same_raw']}/{agree['documents']} raw "

@@ -42,9 +42,15 @@ def plain_lm_eval(model: str, lm_task: str, args) -> float:
     lm = HFLM(pretrained=model, batch_size=args.batch_size, device=args.device, dtype="auto")
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": args.data_dir})
     lm_eval.simple_evaluate(
-        model=lm, tasks=[lm_task], limit=args.limit, task_manager=manager, log_samples=False,
-        gen_kwargs={"max_gen_toks": args.max_gen_toks}, confirm_run_unsafe_code=True,
-        apply_chat_template=False, fewshot_as_multiturn=False,
+        model=lm,
+        tasks=[lm_task],
+        limit=args.limit,
+        task_manager=manager,
+        log_samples=False,
+        gen_kwargs={"max_gen_toks": args.max_gen_toks},
+        confirm_run_unsafe_code=True,
+        apply_chat_template=False,
+        fewshot_as_multiturn=False,
     )
     _sync()
     return time.perf_counter() - start
@@ -57,8 +63,15 @@ def harness(model: str, args) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         run_bench(
-            {"model": model}, args.task, out_dir=out, data_dir=args.data_dir, limit=args.limit,
-            batch_size=args.batch_size, device=args.device, max_gen_toks=args.max_gen_toks, progress=False,
+            {"model": model},
+            args.task,
+            out_dir=out,
+            data_dir=args.data_dir,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            device=args.device,
+            max_gen_toks=args.max_gen_toks,
+            progress=False,
         )
         _sync()
         return time.perf_counter() - start
@@ -110,10 +123,16 @@ def main() -> None:
     p_med, o_med = statistics.median(plain), statistics.median(ours)
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     summary = {
-        "device": device, "model": args.model or f"stand-in {args.shape}, {args.layers} layers",
-        "task": args.task, "limit": args.limit, "batch_size": args.batch_size, "max_gen_toks": args.max_gen_toks,
-        "plain_lm_eval_s": plain, "harness_s": ours,
-        "plain_samples_per_s": args.limit / p_med, "harness_samples_per_s": args.limit / o_med,
+        "device": device,
+        "model": args.model or f"stand-in {args.shape}, {args.layers} layers",
+        "task": args.task,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "max_gen_toks": args.max_gen_toks,
+        "plain_lm_eval_s": plain,
+        "harness_s": ours,
+        "plain_samples_per_s": args.limit / p_med,
+        "harness_samples_per_s": args.limit / o_med,
         "overhead_pct": 100 * (o_med - p_med) / p_med,
     }
     print(json.dumps(summary, indent=1))
@@ -123,7 +142,8 @@ def main() -> None:
             f"Device: {device}. Model: {summary['model']}. Task: {args.task}, limit {args.limit}, "
             f"batch {args.batch_size}, max_gen_toks {args.max_gen_toks}, {args.repeats} alternating repeats "
             "(medians; each run includes model loading).\n",
-            "| run | seconds (each repeat) | median s | samples/s |", "|---|---|---|---|",
+            "| run | seconds (each repeat) | median s | samples/s |",
+            "|---|---|---|---|",
             f"| plain lm-eval | {', '.join(f'{x:.1f}' for x in plain)} | {p_med:.1f} | {summary['plain_samples_per_s']:.2f} |",
             f"| mergekit-reasoning bench | {', '.join(f'{x:.1f}' for x in ours)} | {o_med:.1f} | {summary['harness_samples_per_s']:.2f} |",
             f"\nHarness overhead: {summary['overhead_pct']:+.1f} % (medians). The first harness run also hashes "

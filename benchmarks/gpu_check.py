@@ -50,10 +50,9 @@ def main():
 
     import torch
 
-    from mergekit_reasoning.method.kernel import fused_module
-    from mergekit_reasoning.testing.standins import retarget
     from mergekit_reasoning.core.shipped import recipes_dir
-    from mergekit_reasoning.testing.standins import write_trio
+    from mergekit_reasoning.method.kernel import fused_module
+    from mergekit_reasoning.testing.standins import retarget, write_trio
 
     if not torch.cuda.is_available() and not args.cpu_only:
         raise SystemExit("no CUDA device visible")
@@ -64,20 +63,37 @@ def main():
         data = yaml.safe_load((recipes_dir() / "qwen1.5b_add.yml").read_text())
         recipe = work / "recipes" / "qwen1.5b_add.yml"
         recipe.parent.mkdir(parents=True)
-        recipe.write_text(yaml.safe_dump(retarget(data, str(models["target"]), {r: str(models[r]) for r in ("grpo", "sft")})))
+        recipe.write_text(
+            yaml.safe_dump(retarget(data, str(models["target"]), {r: str(models[r]) for r in ("grpo", "sft")}))
+        )
 
         stock, ours = command(MERGEKIT_YAML), command(MERGEKIT_REASONING)
         torch_kernel = {"MERGEKIT_REASONING_KERNEL": "torch"}
         runs = {  # name: (command, output folder[, environment])
             "mergekit-yaml (cpu)": (stock + [recipe, work / "o1", "--quiet"], work / "o1"),
-            "mergekit-reasoning merge (cpu, torch kernel)": (ours + ["merge", recipe, work / "o8", "--quiet"], work / "o8", torch_kernel),
+            "mergekit-reasoning merge (cpu, torch kernel)": (
+                ours + ["merge", recipe, work / "o8", "--quiet"],
+                work / "o8",
+                torch_kernel,
+            ),
             "mergekit-yaml --cuda": (stock + [recipe, work / "o2", "--quiet", "--cuda"], work / "o2"),
-            "mergekit-yaml --cuda --read-to-gpu": (stock + [recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"], work / "o3"),
+            "mergekit-yaml --cuda --read-to-gpu": (
+                stock + [recipe, work / "o3", "--quiet", "--cuda", "--read-to-gpu"],
+                work / "o3",
+            ),
             "mergekit-reasoning merge (cpu)": (ours + ["merge", recipe, work / "o4", "--quiet"], work / "o4"),
-            "mergekit-reasoning merge --cuda": (ours + ["merge", recipe, work / "o5", "--quiet", "--cuda"], work / "o5"),
-            "mergekit-reasoning merge --read-to-gpu": (ours + ["merge", recipe, work / "o6", "--quiet", "--read-to-gpu"], work / "o6"),
-            "mergekit-reasoning regenerate --cuda": (ours + ["regenerate", recipe.parent, "--out", work / "o7", "--cuda"],
-                                                     work / "o7" / recipe.stem),
+            "mergekit-reasoning merge --cuda": (
+                ours + ["merge", recipe, work / "o5", "--quiet", "--cuda"],
+                work / "o5",
+            ),
+            "mergekit-reasoning merge --read-to-gpu": (
+                ours + ["merge", recipe, work / "o6", "--quiet", "--read-to-gpu"],
+                work / "o6",
+            ),
+            "mergekit-reasoning regenerate --cuda": (
+                ours + ["regenerate", recipe.parent, "--out", work / "o7", "--cuda"],
+                work / "o7" / recipe.stem,
+            ),
         }
         if args.cpu_only:
             runs = {name: run for name, run in runs.items() if "cuda" not in name and "gpu" not in name}
@@ -94,7 +110,9 @@ def main():
             equal = hashes == reference
             all_equal &= equal
             print(f"| {name} | {wall:.1f} | {'yes' if equal else 'NO'} |")
-        print(f"\nverdict: {'every output is bitwise identical to the stock CPU merge' if all_equal else 'OUTPUTS DIFFER'}")
+        print(
+            f"\nverdict: {'every output is bitwise identical to the stock CPU merge' if all_equal else 'OUTPUTS DIFFER'}"
+        )
         sys.exit(0 if all_equal else 1)
     finally:
         if args.workdir is None:

@@ -53,9 +53,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen2.5-7b", choices=["qwen2.5-1.5b", "qwen2.5-7b"])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--shard-size", nargs="+", default=["1B", "5B"], help="mergekit --out-shard-size values (bytes; 5B is its default)")
-    parser.add_argument("--input-shard-gb", type=float, default=3.9,
-                        help="split each stand-in into shards of this size, as Qwen2.5-7B's 4 shards are")
+    parser.add_argument(
+        "--shard-size",
+        nargs="+",
+        default=["1B", "5B"],
+        help="mergekit --out-shard-size values (bytes; 5B is its default)",
+    )
+    parser.add_argument(
+        "--input-shard-gb",
+        type=float,
+        default=3.9,
+        help="split each stand-in into shards of this size, as Qwen2.5-7B's 4 shards are",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -67,8 +76,13 @@ def main():
     rows = []
     try:
         for layers in args.layers:
-            models = write_trio(work / f"models-{layers}", shape=args.shape, num_layers=layers, tokenizer=False,
-                                max_shard_bytes=int(args.input_shard_gb * 1e9))
+            models = write_trio(
+                work / f"models-{layers}",
+                shape=args.shape,
+                num_layers=layers,
+                tokenizer=False,
+                max_shard_bytes=int(args.input_shard_gb * 1e9),
+            )
             size = sum(f.stat().st_size for f in models["target"].glob("*.safetensors"))
             rv = merge_speed.recipe(models, "reasoning_vector", work / f"rv-{layers}.yml")
             for shard in args.shard_size:
@@ -84,8 +98,10 @@ def main():
 
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.node()}, {platform.machine()}, {cores} cores; python {platform.python_version()}")
-    print(f"inputs: 3 × {args.shape} stand-ins, bf16, in shards of at most {args.input_shard_gb} GB; "
-          "output written with each --out-shard-size")
+    print(
+        f"inputs: 3 × {args.shape} stand-ins, bf16, in shards of at most {args.input_shard_gb} GB; "
+        "output written with each --out-shard-size"
+    )
     print("Peak GB: total RSS / anonymous (owned) / file-backed (mapped inputs, reclaimable).\n")
     print("| layers | each model GB | --out-shard-size | stock mergekit-yaml | mergekit-reasoning merge |")
     print("| --- | --- | --- | --- | --- |")

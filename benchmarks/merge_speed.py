@@ -104,8 +104,12 @@ print(json.dumps({"wall": wall, "rss_kb": resource.getrusage(resource.RUSAGE_CHI
 
 def measure_once(command, env=None):
     """Wall time and peak RSS of one run in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", MEASURE, *map(str, command)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, *map(str, command)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(map(str, command))}\n{done.stderr}")
     return json.loads(done.stdout)
@@ -144,6 +148,7 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
     import torch
 
     from mergekit_reasoning.method import kernel
+
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(KERNEL_SHAPE, generator=gen).to(torch.bfloat16)
     grpo = (target.float() + torch.randn(KERNEL_SHAPE, generator=gen) * 1e-3).to(torch.bfloat16)
@@ -154,7 +159,9 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
         def run(lams):
             os.environ["MERGEKIT_REASONING_KERNEL"] = name
             try:
-                return kernel.apply_vector_sets(target, [(grpo, sft)], [[lam] for lam in lams], out_dtype=torch.bfloat16)
+                return kernel.apply_vector_sets(
+                    target, [(grpo, sft)], [[lam] for lam in lams], out_dtype=torch.bfloat16
+                )
             finally:
                 del os.environ["MERGEKIT_REASONING_KERNEL"]
 
@@ -170,14 +177,14 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
         for start in range(0, n, block):
             m = min(block, n - start)
             d, acc, tmp = delta[:m], total[:m], scaled[:m]
-            d.copy_(flat_g[start:start + m]).sub_(flat_s[start:start + m])
+            d.copy_(flat_g[start : start + m]).sub_(flat_s[start : start + m])
             for lam, output in zip(lams, outputs):
-                acc.copy_(flat_t[start:start + m])
+                acc.copy_(flat_t[start : start + m])
                 if lam == 1:
                     acc.add_(d)
                 else:
                     acc.add_(torch.mul(d, torch.tensor(lam, dtype=torch.float32).item(), out=tmp))
-                output.view(-1)[start:start + m].copy_(acc)
+                output.view(-1)[start : start + m].copy_(acc)
         return outputs
 
     candidates = {
@@ -191,6 +198,7 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
         if not shutil.which(os.environ.get("CXX", "g++")):
             notes["torch.compile"] = "not run: no C++ compiler"
         else:
+
             @torch.compile(dynamic=False)
             def step(t, g, s, lam):
                 return (t.float() + (g.float() - s.float()) * lam).to(torch.bfloat16)
@@ -218,13 +226,17 @@ def kernel_candidates(repeats: int, sweep: int, compile_: bool) -> None:
                 best[name][slot] = min(best[name][slot], time.perf_counter() - start)
     copy = best["copy: clone the target once per λ"][0]
     gb = 3 * n * target.element_size() / 1e9
-    print(f"\nkernel candidates: one {KERNEL_SHAPE[0]}×{KERNEL_SHAPE[1]} bf16 tensor in memory, best of {repeats}, "
-          f"{torch.get_num_threads()} torch threads\n")
+    print(
+        f"\nkernel candidates: one {KERNEL_SHAPE[0]}×{KERNEL_SHAPE[1]} bf16 tensor in memory, best of {repeats}, "
+        f"{torch.get_num_threads()} torch threads\n"
+    )
     print(f"| candidate | one λ ms | sweep of {sweep} λ ms | inputs read GB/s | × copy | bits = torch kernel |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (one, many) in best.items():
-        print(f"| {name} | {one * 1e3:.0f} | {many * 1e3:.0f} | {gb / one:.1f} | {one / copy:.1f} | "
-              f"{'' if name.startswith('copy') else 'yes' if same[name] else 'NO'} |")
+        print(
+            f"| {name} | {one * 1e3:.0f} | {many * 1e3:.0f} | {gb / one:.1f} | {one / copy:.1f} | "
+            f"{'' if name.startswith('copy') else 'yes' if same[name] else 'NO'} |"
+        )
     for name, note in notes.items():
         print(f"- {name}: {note}")
 
@@ -268,41 +280,83 @@ def main():
 
         approaches = [  # (name, command, extra environment)
             ("import torch + safetensors only", [sys.executable, "-c", "import torch, safetensors.torch"], None),
-            ("import mergekit's stack only", [sys.executable, "-c", "import mergekit.merge, mergekit.plan, mergekit.card"], None),
+            (
+                "import mergekit's stack only",
+                [sys.executable, "-c", "import mergekit.merge, mergekit.plan, mergekit.card"],
+                None,
+            ),
         ]
         for device in ["cpu"] + (["cuda"] if args.cuda else []):
             gpu = ["--cuda"] if device == "cuda" else []
             approaches += [
-                (f"copy floor: read all inputs, write the target ({device})", [sys.executable, "-c", COPY_FLOOR, *inputs, device], None),
-                (f"copy floor, every input byte read ({device})",
-                 [sys.executable, "-c", COPY_FLOOR_READ_ALL, *inputs, device], None),
-                (f"copy floor, the target written {args.sweep} times ({device})",
-                 [sys.executable, "-c", COPY_FLOOR_OUTPUTS, *inputs, device, str(args.sweep)], None),
+                (
+                    f"copy floor: read all inputs, write the target ({device})",
+                    [sys.executable, "-c", COPY_FLOOR, *inputs, device],
+                    None,
+                ),
+                (
+                    f"copy floor, every input byte read ({device})",
+                    [sys.executable, "-c", COPY_FLOOR_READ_ALL, *inputs, device],
+                    None,
+                ),
+                (
+                    f"copy floor, the target written {args.sweep} times ({device})",
+                    [sys.executable, "-c", COPY_FLOOR_OUTPUTS, *inputs, device, str(args.sweep)],
+                    None,
+                ),
                 (f"naive safetensors loop, float32 ({device})", [sys.executable, "-c", NAIVE, *inputs, device], None),
                 (f"stock mergekit-yaml task_arithmetic ({device})", [*stock_yaml, ta, out, "--quiet", *gpu], None),
                 (f"stock mergekit-yaml reasoning_vector ({device})", [*stock_yaml, rv, out, "--quiet", *gpu], None),
-                (f"mergekit-reasoning merge ({device})", [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu], None),
-                (f"mergekit-reasoning merge, {sweep} ({device})",
-                 [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu, *sweep_args], None),
-                (f"mergekit-reasoning regenerate, the same recipe ({device})",
-                 [*ours, "regenerate", recipes, "--out", out, *gpu], None),
+                (
+                    f"mergekit-reasoning merge ({device})",
+                    [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu],
+                    None,
+                ),
+                (
+                    f"mergekit-reasoning merge, {sweep} ({device})",
+                    [*ours, "merge", rv, out, "--quiet", "--overwrite", *gpu, *sweep_args],
+                    None,
+                ),
+                (
+                    f"mergekit-reasoning regenerate, the same recipe ({device})",
+                    [*ours, "regenerate", recipes, "--out", out, *gpu],
+                    None,
+                ),
             ]
             if device == "cpu":
                 approaches += [
-                    ("stock mergekit-yaml reasoning_vector, torch kernel (before)", [*stock_yaml, rv, out, "--quiet"], torch_kernel),
-                    ("mergekit-reasoning merge, torch kernel (before)",
-                     [*ours, "merge", rv, out, "--quiet", "--overwrite"], torch_kernel),
-                    (f"mergekit-reasoning merge, {sweep}, torch kernel (before)",
-                     [*ours, "merge", rv, out, "--quiet", "--overwrite", *sweep_args], torch_kernel),
-                    ("mergekit-reasoning merge, numba compiling (empty cache)",
-                     [*ours, "merge", rv, out, "--quiet", "--overwrite"], {"NUMBA_CACHE_DIR": "fresh"}),
+                    (
+                        "stock mergekit-yaml reasoning_vector, torch kernel (before)",
+                        [*stock_yaml, rv, out, "--quiet"],
+                        torch_kernel,
+                    ),
+                    (
+                        "mergekit-reasoning merge, torch kernel (before)",
+                        [*ours, "merge", rv, out, "--quiet", "--overwrite"],
+                        torch_kernel,
+                    ),
+                    (
+                        f"mergekit-reasoning merge, {sweep}, torch kernel (before)",
+                        [*ours, "merge", rv, out, "--quiet", "--overwrite", *sweep_args],
+                        torch_kernel,
+                    ),
+                    (
+                        "mergekit-reasoning merge, numba compiling (empty cache)",
+                        [*ours, "merge", rv, out, "--quiet", "--overwrite"],
+                        {"NUMBA_CACHE_DIR": "fresh"},
+                    ),
                 ]
             else:
-                approaches.append(("mergekit-reasoning merge (--read-to-gpu)",
-                                   [*ours, "merge", rv, out, "--quiet", "--overwrite", "--read-to-gpu"], None))
+                approaches.append(
+                    (
+                        "mergekit-reasoning merge (--read-to-gpu)",
+                        [*ours, "merge", rv, out, "--quiet", "--overwrite", "--read-to-gpu"],
+                        None,
+                    )
+                )
 
         runs = {name: [] for name, _, _ in approaches}
-        for round_ in range(args.repeats):  # interleaved: every approach once per round
+        for _round in range(args.repeats):  # interleaved: every approach once per round
             for name, argv, env in approaches:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir(parents=True)
@@ -310,16 +364,23 @@ def main():
                     env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="numba-cold-", dir=work)}
                 runs[name].append(measure_once(argv, env))
                 shutil.rmtree(out, ignore_errors=True)
-        best = {name: {"wall": min(r["wall"] for r in rs), "rss_kb": max(r["rss_kb"] for r in rs)} for name, rs in runs.items()}
+        best = {
+            name: {"wall": min(r["wall"] for r in rs), "rss_kb": max(r["rss_kb"] for r in rs)}
+            for name, rs in runs.items()
+        }
 
         def find(prefix, device="cpu"):
             return next(best[name]["wall"] for name in best if name.startswith(prefix) and f"({device})" in name)
 
-        print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-              f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
-              f"python {platform.python_version()}; load average before the run: {os.getloadavg()[0]:.1f}")
-        print(f"inputs: 3 × {args.shape} stand-ins, {args.layers} layers, bf16, {input_bytes / 1e9:.2f} GB in all; "
-              f"best of {args.repeats} interleaved rounds\n")
+        print(
+            f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+            f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
+            f"python {platform.python_version()}; load average before the run: {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"inputs: 3 × {args.shape} stand-ins, {args.layers} layers, bf16, {input_bytes / 1e9:.2f} GB in all; "
+            f"best of {args.repeats} interleaved rounds\n"
+        )
         print("| approach | wall s | peak RSS GB | × copy floor | × stock task_arithmetic |")
         print("| --- | --- | --- | --- | --- |")
         for name, r in best.items():
@@ -331,16 +392,22 @@ def main():
         before_one = best["mergekit-reasoning merge, torch kernel (before)"]["wall"]
         before_many = best[f"mergekit-reasoning merge, {sweep}, torch kernel (before)"]["wall"]
         floor_one, floor_many = find("copy floor: read all"), find(f"copy floor, the target written {args.sweep} times")
-        print(f"\nmergekit-reasoning merge: {one / floor_one:.2f} × the copy floor, "
-              f"{one / find('copy floor, every input byte read'):.2f} × the floor that reads every input byte, "
-              f"{one / find('stock mergekit-yaml task_arithmetic'):.2f} × stock task_arithmetic")
-        print(f"regenerate of the same recipe: {find('mergekit-reasoning regenerate') / one:.2f} × merge "
-              "(both through the executor's one entry point)")
+        print(
+            f"\nmergekit-reasoning merge: {one / floor_one:.2f} × the copy floor, "
+            f"{one / find('copy floor, every input byte read'):.2f} × the floor that reads every input byte, "
+            f"{one / find('stock mergekit-yaml task_arithmetic'):.2f} × stock task_arithmetic"
+        )
+        print(
+            f"regenerate of the same recipe: {find('mergekit-reasoning regenerate') / one:.2f} × merge "
+            "(both through the executor's one entry point)"
+        )
         extra = max(args.sweep - 1, 1)
-        print(f"each extra λ of the sweep: {(many - one) / extra / one:.2f} × one merge "
-              f"(torch kernel before: {(before_many - before_one) / extra / before_one:.2f} ×); "
-              f"each extra copy of the copy floor: {(floor_many - floor_one) / extra / floor_one:.2f} × the floor, "
-              f"{(floor_many - floor_one) / extra:.1f} s")
+        print(
+            f"each extra λ of the sweep: {(many - one) / extra / one:.2f} × one merge "
+            f"(torch kernel before: {(before_many - before_one) / extra / before_one:.2f} ×); "
+            f"each extra copy of the copy floor: {(floor_many - floor_one) / extra / floor_one:.2f} × the floor, "
+            f"{(floor_many - floor_one) / extra:.1f} s"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

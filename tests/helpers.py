@@ -17,14 +17,14 @@ def read_tensors(folder: Path) -> Dict[str, torch.Tensor]:
 
 
 def file_hashes(folder: Path) -> Dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.safetensors"))
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.safetensors"))}
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
     """The raw bit patterns, so that -0.0 differs from 0.0 and NaN equals itself."""
-    return tensor.contiguous().view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
+    return tensor.contiguous().view(
+        {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    )
 
 
 def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:

@@ -12,9 +12,8 @@ from mergekit_reasoning.testing.demo import stock_mergekit_yaml
 def run_stock(recipe: dict, out: Path, **options) -> Path:
     """mergekit's own `run_merge`, as a Python user calls it."""
     from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
-
     from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import MergeOptions, run_merge
 
     run_merge(MergeConfiguration.model_validate(recipe), str(out), options=MergeOptions(quiet=True, **options))
     LoaderCache().flush_all()  # mergekit leaves each input's last shard mapped; the test goes on reading

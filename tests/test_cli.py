@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from conftest import recipe_dict
+
 from mergekit_reasoning.cli import main
 
 
@@ -117,7 +117,9 @@ def _run_with(monkeypatch, outcome):
     return calls
 
 
-@pytest.mark.parametrize("raised, code", [(None, 0), (SystemExit(0), 0), (SystemExit(2), 2), (SystemExit("Error: x"), 1)])
+@pytest.mark.parametrize(
+    "raised, code", [(None, 0), (SystemExit(0), 0), (SystemExit(2), 2), (SystemExit("Error: x"), 1)]
+)
 def test_the_console_script_runs_exit_handlers_then_exits_at_once(raised, code, monkeypatch, capsys):
     def outcome():
         if raised is not None:
@@ -150,6 +152,9 @@ def test_the_console_script_flushes_piped_output(tmp_path):
 
     done = subprocess.run([sys.executable, "-m", "mergekit_reasoning.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "merge" in done.stdout and done.stdout.endswith("\n")
-    done = subprocess.run([sys.executable, "-m", "mergekit_reasoning.cli", "check", str(tmp_path / "none.yml")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mergekit_reasoning.cli", "check", str(tmp_path / "none.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("Error: recipe")

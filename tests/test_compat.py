@@ -2,8 +2,8 @@
 
 import pytest
 
-from mergekit_reasoning.method.compat import EMBED, HEAD, ModelInfo, check_compatible
 from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.method.compat import EMBED, HEAD, ModelInfo, check_compatible
 
 CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
@@ -28,8 +28,16 @@ def test_identical_shapes_need_nothing_special():
     assert not report.vocab_rows and not report.dropped_heads and report.notes() == []
 
 
-@pytest.mark.parametrize("key, value", [("hidden_size", 16), ("num_hidden_layers", 2), ("model_type", "llama"),
-                                        ("intermediate_size", 32), ("num_key_value_heads", 2)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("hidden_size", 16),
+        ("num_hidden_layers", 2),
+        ("model_type", "llama"),
+        ("intermediate_size", 32),
+        ("num_key_value_heads", 2),
+    ],
+)
 def test_structure_mismatch_names_model_and_field(key, value):
     with pytest.raises(RecipeError, match=f"model S: {key} is {value}, but the target T has"):
         check_compatible(info("T"), [info("G"), info("S", **{key: value})])

@@ -35,7 +35,9 @@ def test_importing_the_method_directly_registers_it_once():
 
 
 def test_startup_hook_costs_a_fraction_of_a_millisecond():
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, check=True
+    )
     rows = [line for line in done.stderr.splitlines() if "_mergekit_reasoning_startup" in line]
     assert len(rows) == 1
     cumulative_us = int(rows[0].split("|")[1])

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 import torch
+from helpers import bits
 
 import mergekit_reasoning.method
-from helpers import bits
 from mergekit_reasoning.method import kernel
 from mergekit_reasoning.method.kernel import apply_vector_sets, merge_tensor
 from mergekit_reasoning.testing.reference import bound_ratio
@@ -28,14 +28,38 @@ pytest.importorskip("numba")
 F32 = torch.float32
 HALVES = [torch.bfloat16, torch.float16]
 SPECIAL_BITS = [
-    0x00000000, 0x80000000,  # ±0
-    0x00000001, 0x80000001, 0x007FFFFF, 0x807FFFFF,  # float32 subnormals
-    0x00800000, 0x80800000, 0x7F7FFFFF, 0xFF7FFFFF,  # smallest normal, largest finite
-    0x7F800000, 0xFF800000,  # ±inf
-    0x7FC00000, 0xFFC00000, 0x7FC12345, 0x7F812345, 0xFFA00001,  # quiet and signalling NaNs
-    0x3F800000, 0xBF800000, 0x3F808000, 0xBF808000, 0x3F818000, 0xBF818000,  # 1, bf16 ties at 1
-    0x33000000, 0x33000001, 0x38800000, 0x387FE000, 0x477FEFFF, 0x477FF000,  # fp16 edges
-    0x00010000, 0x80018000, 0x00008000,  # bf16 subnormals and a bf16-subnormal tie
+    0x00000000,
+    0x80000000,  # ±0
+    0x00000001,
+    0x80000001,
+    0x007FFFFF,
+    0x807FFFFF,  # float32 subnormals
+    0x00800000,
+    0x80800000,
+    0x7F7FFFFF,
+    0xFF7FFFFF,  # smallest normal, largest finite
+    0x7F800000,
+    0xFF800000,  # ±inf
+    0x7FC00000,
+    0xFFC00000,
+    0x7FC12345,
+    0x7F812345,
+    0xFFA00001,  # quiet and signalling NaNs
+    0x3F800000,
+    0xBF800000,
+    0x3F808000,
+    0xBF808000,
+    0x3F818000,
+    0xBF818000,  # 1, bf16 ties at 1
+    0x33000000,
+    0x33000001,
+    0x38800000,
+    0x387FE000,
+    0x477FEFFF,
+    0x477FF000,  # fp16 edges
+    0x00010000,
+    0x80018000,
+    0x00008000,  # bf16 subnormals and a bf16-subnormal tie
 ]
 HALF_BITS = {
     torch.bfloat16: [0x7FC1, 0x7F81, 0xFF81, 0xFFFF, 0x0001, 0x8001, 0x007F, 0x0080],
@@ -86,6 +110,7 @@ def assert_same_bits(fused, reference):
 def counted(monkeypatch):
     """Counts calls of the fused pass, so a test knows it did not silently fall back."""
     from mergekit_reasoning.method import fused
+
     calls = []
     original = fused.merge
 
@@ -97,9 +122,15 @@ def counted(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("dtypes", [(d, d, d) for d in [*HALVES, F32]] + [
-    (torch.bfloat16, torch.float16, F32), (F32, torch.bfloat16, torch.bfloat16), (torch.float16, F32, torch.bfloat16)
-])
+@pytest.mark.parametrize(
+    "dtypes",
+    [(d, d, d) for d in [*HALVES, F32]]
+    + [
+        (torch.bfloat16, torch.float16, F32),
+        (F32, torch.bfloat16, torch.bfloat16),
+        (torch.float16, F32, torch.bfloat16),
+    ],
+)
 @pytest.mark.parametrize("block", [1 << 24, 61])
 def test_every_lambda_and_dtype_matches_the_torch_kernel(monkeypatch, counted, dtypes, block):
     target, grpo, sft = (hostile((23, 29), d, seed) for seed, d in enumerate(dtypes))
@@ -144,7 +175,9 @@ def test_inf_minus_inf_and_subnormals(monkeypatch):
     (merged,) = apply_vector_sets(target, [(grpo, sft)], [[1.0]], out_dtype=F32)
     assert torch.isnan(merged[0]) and torch.isnan(merged[2])  # inf − inf
     assert bits(merged[1]) == bits(torch.tensor(-0.0))  # −0 + (−0 − 0) = −0
-    assert torch.equal(merged[4:6], torch.tensor([tiny / 2 + tiny / 4, -tiny / 4 - tiny / 8], dtype=F32))  # subnormals kept
+    assert torch.equal(
+        merged[4:6], torch.tensor([tiny / 2 + tiny / 4, -tiny / 4 - tiny / 8], dtype=F32)
+    )  # subnormals kept
 
 
 def test_lambda_zero_returns_the_target_even_with_poisoned_donors(counted):
@@ -166,7 +199,9 @@ def test_vocabulary_rows(monkeypatch, counted, rows):
     sft = hostile((s_rows, 7), torch.bfloat16, 3)
     sets = [[0.3], [1.0]]
     for block in (1 << 24, 9):
-        fused = apply_vector_sets(target, [(grpo, sft)], sets, vocab_axis=0, out_dtype=torch.bfloat16, chunk_elements=block)
+        fused = apply_vector_sets(
+            target, [(grpo, sft)], sets, vocab_axis=0, out_dtype=torch.bfloat16, chunk_elements=block
+        )
         reference = with_torch_kernel(
             monkeypatch, target, [(grpo, sft)], sets, vocab_axis=0, out_dtype=torch.bfloat16, chunk_elements=block
         )
@@ -187,7 +222,9 @@ def test_stored_vectors_and_several_pairs_in_a_sweep(monkeypatch, counted):
     sets = [[1.0, 1.0, 1.0], [0.0, 0.5, -1.0], [0.0, 0.0, 0.0], [0.7, 0.0, 1e-3], [-1.0, 2.0, 0.0]]
     for block in (1 << 24, 17):
         fused = apply_vector_sets(target, pairs, sets, out_dtype=F32, chunk_elements=block)
-        assert_same_bits(fused, with_torch_kernel(monkeypatch, target, pairs, sets, out_dtype=F32, chunk_elements=block))
+        assert_same_bits(
+            fused, with_torch_kernel(monkeypatch, target, pairs, sets, out_dtype=F32, chunk_elements=block)
+        )
     assert counted
 
 
@@ -217,7 +254,9 @@ def test_fused_against_float64_reference(counted, dtype):
 def test_merge_tensor_output_dtype_is_the_promotion_of_its_inputs(counted):
     target = hostile((8, 8), torch.bfloat16, 1)
     donors = {"g": hostile((8, 8), F32, 2), "s": hostile((8, 8), torch.bfloat16, 3)}
-    (merged,) = merge_tensor(target, donors, {"g": "grpo", "s": "sft"}, {"g": "v", "s": "v"}, {"g": 1.0, "s": 1.0}, name="w")
+    (merged,) = merge_tensor(
+        target, donors, {"g": "grpo", "s": "sft"}, {"g": "v", "s": "v"}, {"g": 1.0, "s": 1.0}, name="w"
+    )
     assert merged.dtype == F32 and counted
 
 
@@ -282,7 +321,7 @@ def test_results_written_in_place_are_the_returned_bits(lams):
     sets = [[lam] for lam in lams]
     expected = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16)
     backing = torch.full((len(lams) * target.numel() + 5,), 7, dtype=torch.bfloat16)
-    outs = [backing[1 + i * target.numel(): 1 + (i + 1) * target.numel()].view(target.shape) for i in range(len(lams))]
+    outs = [backing[1 + i * target.numel() : 1 + (i + 1) * target.numel()].view(target.shape) for i in range(len(lams))]
     got = apply_vector_sets(target, [(grpo, sft)], sets, out_dtype=torch.bfloat16, out=outs)
     assert all(g is o for g, o in zip(got, outs))
     for e, o in zip(expected, outs):

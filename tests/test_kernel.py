@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import bits
+
 from mergekit_reasoning.method.kernel import apply_vector_sets, apply_vectors
 from mergekit_reasoning.testing.reference import bound_ratio, exact_merge, ulp_error
 

@@ -102,7 +102,7 @@ def test_no_circle_inside_a_layer():
         state[module] = 1
         for nxt in sorted(edges.get(module, ())):
             if state.get(nxt) == 1:
-                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [module, nxt]
+                cycle = trail[trail.index(nxt) :] + [nxt] if nxt in trail else [module, nxt]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, trail + [nxt])
@@ -134,5 +134,6 @@ def test_function_local_imports_are_seen(tmp_path):
     module.write_text("def f():\n    from mergekit_reasoning.executor import run\n    import mergekit_reasoning.cli\n")
     known = {"mergekit_reasoning.executor.run", "mergekit_reasoning.executor", "mergekit_reasoning.cli"}
     assert imports_of("mergekit_reasoning.core.m", module, known) == {
-        "mergekit_reasoning.executor.run", "mergekit_reasoning.cli"
+        "mergekit_reasoning.executor.run",
+        "mergekit_reasoning.cli",
     }

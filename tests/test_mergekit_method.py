@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import recipe_dict
 from helpers import bits, read_tensors
 from mergekit_runs import mergekit_yaml, run_stock
+
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.testing.reference import bound_ratio, ulp
 
@@ -78,7 +78,9 @@ def test_filters_and_gradients_resolve_per_tensor(trio, tmp_path):
     assert_matches_reference(out, trio["target"], trio["grpo"], trio["sft"], expected)
     merged, target = read_tensors(out), read_tensors(trio["target"])
     assert torch.equal(bits(merged[EMBED]), bits(target[EMBED]))  # λ = 0 there
-    assert not torch.equal(merged["model.layers.1.self_attn.q_proj.weight"], target["model.layers.1.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        merged["model.layers.1.self_attn.q_proj.weight"], target["model.layers.1.self_attn.q_proj.weight"]
+    )
 
 
 def test_per_model_lambda_and_two_vectors(trio, make_model, tmp_path):

@@ -53,15 +53,17 @@ def test_modules_depend_one_way():
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts}
     assert "mergekit_reasoning.method.reasoning_vector" in modules and "mergekit_reasoning.cli" in modules
     graph = {name: _imports(path, modules) for name, path in modules.items()}
-    graph = {name: {dep for dep in deps if not modules[dep].name == "__init__.py" or dep == "mergekit_reasoning"}
-             for name, deps in graph.items()}
+    graph = {
+        name: {dep for dep in deps if not modules[dep].name == "__init__.py" or dep == "mergekit_reasoning"}
+        for name, deps in graph.items()
+    }
     state = {}
 
     def visit(name, trail):
         state[name] = "open"
         for dep in sorted(graph[name]):
             if state.get(dep) == "open":
-                cycle = trail[trail.index(dep):] + [dep]
+                cycle = trail[trail.index(dep) :] + [dep]
                 pytest.fail(f"import circle: {' -> '.join(cycle)}")
             if dep not in state:
                 visit(dep, trail + [dep])
@@ -100,4 +102,6 @@ def test_no_module_outside_mergekit_private_touches_the_private_helpers():
     for path in PACKAGE.rglob("*.py"):
         if path.name != "mergekit_private.py":
             text = path.read_text(encoding="utf-8")
-            assert not [h for h in HELPERS if h in text], f"{path.relative_to(PACKAGE.parent)} uses a private mergekit helper directly"
+            assert not [h for h in HELPERS if h in text], (
+                f"{path.relative_to(PACKAGE.parent)} uses a private mergekit helper directly"
+            )

@@ -2,14 +2,14 @@
 
 import pytest
 import yaml
-
 from conftest import RECIPES
 from helpers import read_tensors
 from mergekit_runs import run_stock
+
 from mergekit_reasoning.core.formats import load_tensor, tensor_files
 from mergekit_reasoning.executor.recipe import Recipe
-from mergekit_reasoning.testing.standins import retarget
 from mergekit_reasoning.testing.reference import bound_ratio
+from mergekit_reasoning.testing.standins import retarget
 
 SHIPPED = sorted(p.name for p in RECIPES.glob("*.yml"))
 # The target each recipe's name stands for (recipes/README.md), without its revision.
@@ -66,9 +66,17 @@ def test_add_recipe_on_qwen2_5_1_5b_shapes(qwen_trio, tmp_path):
     assert "lm_head.weight" not in merged and set(merged) == set(tensor_files(models["target"]))
     inputs = [tensor_files(models[r]) for r in ("target", "grpo", "sft")]
     # Tensor by tensor, so memory holds one tensor of each model and a few float64 blocks.
-    for key in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.k_proj.weight", "model.norm.weight"):
+    for key in (
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.norm.weight",
+    ):
         value = load_tensor(merged[key], key)
         t, g, s = (load_tensor(files[key], key) for files in inputs)
         assert value.shape == t.shape == {"model.embed_tokens.weight": (151936, 1536)}.get(key, t.shape)
         assert bound_ratio(value, t, [(g, s, 1.0)]) <= 1.0, key
-    assert load_tensor(merged["model.layers.0.mlp.up_proj.weight"], "model.layers.0.mlp.up_proj.weight").shape == (8960, 1536)
+    assert load_tensor(merged["model.layers.0.mlp.up_proj.weight"], "model.layers.0.mlp.up_proj.weight").shape == (
+        8960,
+        1536,
+    )

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import recipe_dict
+
 from mergekit_reasoning.testing.standins import write_trio
 
 

@@ -14,7 +14,17 @@ from mergekit_reasoning.executor.reserve import Reservation, predicted_shard_siz
 from mergekit_reasoning.executor.shard_writer import Entry, MappedShards, header, split_shards
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-NAMES = ["a", "b.weight", "model.layers.10.x", "model.layers.2.x", 'quote"back\\slash', "ctl\x01\x1f\n\t", "é-ünï", "\u2028sep", "z" * 300]
+NAMES = [
+    "a",
+    "b.weight",
+    "model.layers.10.x",
+    "model.layers.2.x",
+    'quote"back\\slash',
+    "ctl\x01\x1f\n\t",
+    "é-ünï",
+    "\u2028sep",
+    "z" * 300,
+]
 
 
 def random_tensors(seed: int, count: int) -> dict:
@@ -24,7 +34,9 @@ def random_tensors(seed: int, count: int) -> dict:
     for name in names:
         shape = tuple(rng.choice([0, 1, 3, 17]) for _ in range(rng.choice([0, 1, 2])))
         dtype = rng.choice(DTYPES)
-        tensors[name] = (torch.randn(shape, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * 100).to(dtype)
+        tensors[name] = (torch.randn(shape, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * 100).to(
+            dtype
+        )
     return tensors
 
 
@@ -63,7 +75,9 @@ def test_one_shard_is_byte_for_byte_save_file(seed, tmp_path):
     shards = write_mapped(tmp_path / "mapped", tensors)
     save_file(tensors, tmp_path / "stock.safetensors", metadata={"format": "pt"})
     assert (tmp_path / "mapped" / "model.safetensors").read_bytes() == (tmp_path / "stock.safetensors").read_bytes()
-    assert shards.digests == {"model.safetensors": hashlib.sha256((tmp_path / "stock.safetensors").read_bytes()).hexdigest()}
+    assert shards.digests == {
+        "model.safetensors": hashlib.sha256((tmp_path / "stock.safetensors").read_bytes()).hexdigest()
+    }
 
 
 @pytest.mark.parametrize("max_shard_size", [1, 40, 200, 10_000])
@@ -88,7 +102,9 @@ def test_the_hash_waits_for_every_tensor_in_any_order(tmp_path):
     tensors = random_tensors(3, 9)
     order = list(reversed(list(tensors)))  # last in the file first
     shards = write_mapped(tmp_path, tensors, order=order)
-    assert shards.digests["model.safetensors"] == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        shards.digests["model.safetensors"] == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    )
 
 
 def test_a_failure_inside_writes_no_index_and_no_digest(tmp_path):
@@ -135,7 +151,7 @@ def test_reserved_files_of_any_size_give_the_same_bytes_and_vanish(tmp_path):
     tensors = random_tensors(9, 10)
     target = tmp_path / "target"
     tiny_safetensors(target, tensors)
-    for guess in (1, 10 ** 6):  # the writer shrinks or grows what was reserved
+    for guess in (1, 10**6):  # the writer shrinks or grows what was reserved
         recipe = tmp_path / "r.yml"
         recipe.write_text(yaml.safe_dump({"base_model": str(target)}))
         out = tmp_path / f"out{guess}"
@@ -179,8 +195,16 @@ def with_data(header: bytes, data_bytes: int) -> bytes:
         with_data(b'{"w":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4398046511104]}}', 4),
         with_data(b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}', 4),
     ],
-    ids=["empty", "header past the file", "not an object", "nonsense fields", "truncated",
-         "terabyte shape", "terabyte offsets", "reversed offsets"],
+    ids=[
+        "empty",
+        "header past the file",
+        "not an object",
+        "nonsense fields",
+        "truncated",
+        "terabyte shape",
+        "terabyte offsets",
+        "reversed offsets",
+    ],
 )
 def test_a_hostile_target_header_means_no_reservation_and_no_files(content, tmp_path):
     (tmp_path / "target").mkdir()

@@ -19,7 +19,9 @@ CATALOGUE = {
     "qwen1.5b": (("Qwen/Qwen2.5-1.5B-Instruct", None), *MICHAELBZHU),
     "qwen1.5b_math": (("Qwen/Qwen2.5-Math-1.5B", None), *MICHAELBZHU),
     "qwen7b": (
-        QWEN7B_INSTRUCT, ("SII-Enigma/Qwen2.5-7B-Ins-SFT-32k", None), ("SII-Enigma/Qwen2.5-7B-Ins-SFT-GRPO", None),
+        QWEN7B_INSTRUCT,
+        ("SII-Enigma/Qwen2.5-7B-Ins-SFT-32k", None),
+        ("SII-Enigma/Qwen2.5-7B-Ins-SFT-GRPO", None),
     ),
     "qwen7b_metamath": (
         QWEN7B_INSTRUCT,
@@ -34,8 +36,10 @@ CATALOGUE = {
     "r1distill1.5b": (
         ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"),
         ("akhauriyash/DeepSeek-R1-Distill-Qwen-1.5B-SpecReasoner_SFT_14k", "bb20ce6b325be4ec0e5693c4359676c1e6761dd7"),
-        ("akhauriyash/DeepSeek-R1-Distill-Qwen-1.5B-SpecReasoner_SFT_GRPO_14k_v3",
-         "a4fa79594eb8b68e3a012a8a4f76aae2f1c9269a"),
+        (
+            "akhauriyash/DeepSeek-R1-Distill-Qwen-1.5B-SpecReasoner_SFT_GRPO_14k_v3",
+            "a4fa79594eb8b68e3a012a8a4f76aae2f1c9269a",
+        ),
     ),
     "olmo2_7b": (
         ("allenai/OLMo-2-1124-7B", "7df9a82518afdecae4e8c026b27adccc8c1f0032"),
@@ -137,8 +141,15 @@ def _olmo2_standins(root):
     import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    config = Olmo2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
+    config = Olmo2Config(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    )
     folders = {}
     for seed, role in enumerate(("target", "sft", "grpo"), start=1):
         torch.manual_seed(0)
@@ -154,13 +165,13 @@ def _olmo2_standins(root):
 
 @pytest.mark.parametrize("name", ["olmo2_7b_add.yml", "olmo2_7b_sub.yml"])
 def test_the_olmo2_recipe_merges_olmo2_standins_with_mergekits_own_definition(name, tmp_path):
+    from helpers import read_tensors
     from mergekit.architecture import arch_info_for_config
+    from mergekit_runs import run_stock
     from transformers import AutoConfig
 
-    from helpers import read_tensors
-    from mergekit_runs import run_stock
-    from mergekit_reasoning.testing.standins import retarget
     from mergekit_reasoning.testing.reference import bound_ratio
+    from mergekit_reasoning.testing.standins import retarget
 
     models = _olmo2_standins(tmp_path / "olmo2")
     arch = arch_info_for_config(AutoConfig.from_pretrained(models["target"]))

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import recipe_dict
 from helpers import assert_bitwise_equal, bits, file_hashes, read_tensors
 from mergekit_runs import mergekit_yaml, ours, run_stock
+
 from mergekit_reasoning.testing.reference import bound_ratio
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
@@ -23,10 +23,18 @@ def test_bitwise_identical_to_stock_mergekit_yaml(which, request, tmp_path):
     stock, mine = tmp_path / "a" / "merged", tmp_path / "b" / "merged"
     assert_bitwise_equal(read_tensors(mine), read_tensors(stock))
     assert file_hashes(mine) == file_hashes(stock)
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "mergekit_config.yml"):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "mergekit_config.yml",
+    ):
         assert (mine / name).read_bytes() == (stock / name).read_bytes(), name
     # mergekit lists the card's models from a set, in an order that changes from run to run
-    assert sorted((mine / "README.md").read_text().splitlines()) == sorted((stock / "README.md").read_text().splitlines())
+    assert sorted((mine / "README.md").read_text().splitlines()) == sorted(
+        (stock / "README.md").read_text().splitlines()
+    )
 
 
 def test_sharded_output_is_identical_tensor_for_tensor(trio, tmp_path):
@@ -41,20 +49,37 @@ def test_sharded_output_is_identical_tensor_for_tensor(trio, tmp_path):
 
 def test_sweep_reads_once_and_equals_separate_merges(trio, tmp_path):
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
-    done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "0.5", "--lambda", "1", "--quiet")
+    done = ours(
+        "merge",
+        recipe,
+        tmp_path,
+        str(tmp_path / "sweep"),
+        "--lambda",
+        "-1",
+        "--lambda",
+        "0.5",
+        "--lambda",
+        "1",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     for lam in (-1.0, 0.5, 1.0):
         single = recipe_dict(trio["target"], trio["grpo"], trio["sft"], lam)
         # mergekit's own executor in this process: the fresh-interpreter mergekit-yaml is compared above
         run_stock(single, tmp_path / f"single{lam}")
-        assert_bitwise_equal(read_tensors(tmp_path / "sweep" / f"lambda_{lam:g}"), read_tensors(tmp_path / f"single{lam}"))
+        assert_bitwise_equal(
+            read_tensors(tmp_path / "sweep" / f"lambda_{lam:g}"), read_tensors(tmp_path / f"single{lam}")
+        )
 
 
 def test_resized_vocabulary_policy(trio, make_model, tmp_path):
     grpo = make_model("grpo-resized", like_seed=3, vocab_rows=480)  # a fine-tune that trimmed its vocabulary
     done = ours("merge", recipe_dict(trio["target"], grpo, trio["sft"]), tmp_path, str(tmp_path / "out"), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "warning: model.embed_tokens.weight: vocabulary rows differ; the vector applies to the 480 shared rows" in done.stderr
+    assert (
+        "warning: model.embed_tokens.weight: vocabulary rows differ; the vector applies to the 480 shared rows"
+        in done.stderr
+    )
     merged, t, g, s = (read_tensors(p) for p in (tmp_path / "out", trio["target"], grpo, trio["sft"]))
     assert merged[EMBED].shape == t[EMBED].shape
     assert bound_ratio(merged[EMBED][:480], t[EMBED][:480], [(g[EMBED], s[EMBED][:480], 1.0)]) <= 1.0
@@ -117,6 +142,7 @@ def test_a_merge_leaves_its_shard_hashes_for_the_next_reader(trio, tmp_path, mon
     import hashlib
 
     from mergekit_reasoning.core import hashing
+
     monkeypatch.setenv("MERGEKIT_REASONING_CACHE", str(tmp_path / "hash-cache"))
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
     done = ours("merge", recipe, tmp_path, str(tmp_path / "sweep"), "--lambda", "-1", "--lambda", "1", "--quiet")
@@ -184,7 +210,9 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(scenario, trio, untied_trio, make_model, tmp_path, monkeypatch):
+def test_the_mapped_writer_writes_the_bytes_mergekits_writer_wrote(
+    scenario, trio, untied_trio, make_model, tmp_path, monkeypatch
+):
     """Every file of the output, the manifest's hashes included, as the mergekit-writer path made them."""
     from mergekit_reasoning.executor import stream
 
@@ -218,10 +246,10 @@ def test_outputs_it_cannot_lay_out_ahead_keep_mergekits_writer(trio, tmp_path, m
     another way) leaves the headers unknown: the executor falls back, same result."""
     from mergekit_reasoning.executor import layout
 
-    reference, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "ref")
+    (reference,) = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "ref")
     made = mapped_writers(monkeypatch)
     monkeypatch.setattr(layout, "resolve_tensor_name", lambda load, loader: None)
-    out, = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "out")
+    (out,) = _merge_in_process(recipe_dict(trio["target"], trio["grpo"], trio["sft"]), tmp_path, "out")
     assert made == []
     assert file_hashes(out) == file_hashes(reference)
 
@@ -235,7 +263,7 @@ def test_reserved_outputs_are_adopted_and_leave_nothing_behind(trio, tmp_path):
     from mergekit_reasoning.executor.run import MergeSettings
 
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.7)
-    reference, = _merge_in_process(recipe, tmp_path, "reference")
+    (reference,) = _merge_in_process(recipe, tmp_path, "reference")
     path = tmp_path / "r.yml"
     path.write_text(yaml.safe_dump(recipe))
     outs = [tmp_path / "sweep" / "a", tmp_path / "sweep" / "b"]

@@ -7,11 +7,11 @@ import shutil
 import pytest
 import yaml
 from click.testing import CliRunner
-from huggingface_hub import ModelCard, ModelCardData
-
-from helpers import assert_bitwise_equal, read_tensors
 from conftest import recipe_dict
+from helpers import assert_bitwise_equal, read_tensors
+from huggingface_hub import ModelCard, ModelCardData
 from mergekit_runs import run_stock
+
 from mergekit_reasoning.cli import main
 from mergekit_reasoning.vectors.card import card_text, hub_id
 from mergekit_reasoning.vectors.files import Sparsify, densify, extract

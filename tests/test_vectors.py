@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import recipe_dict
 from helpers import assert_bitwise_equal, read_tensors
 from mergekit_runs import ours, run_stock
+
 from mergekit_reasoning.cli import main
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.vectors.files import Sparsify, extract
@@ -42,7 +42,9 @@ def test_applying_a_float32_vector_equals_merging_the_pair(which, request, tmp_p
     pair = read_tensors(run_stock(recipe_dict(t["target"], t["grpo"], t["sft"], 0.6), tmp_path / "pair"))
     stock = read_tensors(run_stock(vector_recipe(t["target"], tmp_path / "vector", 0.6), tmp_path / "via-vector"))
     assert_bitwise_equal(stock, pair)
-    done = ours("merge", vector_recipe(t["target"], tmp_path / "vector", 0.6), tmp_path, str(tmp_path / "ours"), "--quiet")
+    done = ours(
+        "merge", vector_recipe(t["target"], tmp_path / "vector", 0.6), tmp_path, str(tmp_path / "ours"), "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     assert_bitwise_equal(read_tensors(tmp_path / "ours"), pair)
 
@@ -94,8 +96,17 @@ def test_dare_is_seeded_and_rescales(trio, tmp_path):
 
 def test_inspect_reports_norms_relative_size_cosine_and_plot(trio, tmp_path):
     extract(trio["grpo"], trio["sft"], tmp_path / "v")
-    result = invoke("inspect", tmp_path / "v", "--target", trio["target"], "--compare", tmp_path / "v",
-                    "--plot", tmp_path / "v.png", "--json")
+    result = invoke(
+        "inspect",
+        tmp_path / "v",
+        "--target",
+        trio["target"],
+        "--compare",
+        tmp_path / "v",
+        "--plot",
+        tmp_path / "v.png",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output[: result.output.rindex("}") + 1])
     assert stats["total"]["cosine"] == pytest.approx(1.0)
@@ -126,7 +137,9 @@ def test_verify_names_a_corrupted_shard(trio, tmp_path):
 def test_merges_are_reproducible_and_verifiable(trio, tmp_path):
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"], 0.5)
     for name in ("one", "two"):
-        assert ours("merge", recipe, tmp_path, str(tmp_path / name), "--quiet", "--out-shard-size", "30K").returncode == 0
+        assert (
+            ours("merge", recipe, tmp_path, str(tmp_path / name), "--quiet", "--out-shard-size", "30K").returncode == 0
+        )
     one = json.loads((tmp_path / "one" / "reasoning_merge.json").read_text())
     two = json.loads((tmp_path / "two" / "reasoning_merge.json").read_text())
     assert len(one["outputs"]) > 1 and one["outputs"] == two["outputs"] and one["key"] == two["key"]
@@ -152,7 +165,10 @@ def test_vector_from_another_shape_is_refused(trio, make_model, tmp_path):
     extract(make_model("wide-grpo", like_seed=3, **wide), make_model("wide-sft", like_seed=2, **wide), tmp_path / "v")
     result = invoke("check", write_recipe(tmp_path, vector_recipe(trio["target"], tmp_path / "v")))
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: model {tmp_path / 'v'}: hidden_size is 1536, but the target {trio['target']} has 64"
+    assert (
+        result.output.strip()
+        == f"Error: model {tmp_path / 'v'}: hidden_size is 1536, but the target {trio['target']} has 64"
+    )
 
 
 def write_recipe(tmp_path, recipe):
@@ -216,8 +232,8 @@ def test_extract_never_overwrites_a_complete_folder(trio, make_model, tmp_path):
 
 
 def test_sparse_storage_is_compact_and_densifies_to_the_dense_folder(trio, tmp_path):
-    from mergekit_reasoning.vectors.stats import vector_stats
     from mergekit_reasoning.vectors.files import densify
+    from mergekit_reasoning.vectors.stats import vector_stats
 
     plan = Sparsify("magnitude", 0.1)
     dense = extract(trio["grpo"], trio["sft"], tmp_path / "dense", dtype="bfloat16", sparsify=plan)
@@ -255,4 +271,6 @@ def test_blockwise_float64_sums_equal_the_whole_tensor_ones():
     assert dot64(x, y, block=1 << 18) == pytest.approx(whole, rel=1e-12)  # eight blocks and a partial one
     full = y.float()
     norms = _norms(x, full, block=1 << 18)
-    assert norms == pytest.approx((float(x.double().norm()), float(full.double().norm()), float((x.double() - full.double()).norm())), rel=1e-12)
+    assert norms == pytest.approx(
+        (float(x.double().norm()), float(full.double().norm()), float((x.double() - full.double()).norm())), rel=1e-12
+    )

@@ -50,7 +50,7 @@ def _register():
     except Exception as error:  # a broken plugin must not break mergekit itself
         import warnings
 
-        warnings.warn(f"mergekit-reasoning: reasoning_vector not registered: {error}")
+        warnings.warn(f"mergekit-reasoning: reasoning_vector not registered: {error}", stacklevel=2)
 
 
 def install():

@@ -78,14 +78,18 @@ def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: d
         log_path = logs_dir / f"{stem}.log"
         bar.set_postfix_str(label)
         before = bar.n
-        code = _run_child(job_path, log_path, lambda: bar.update(before + _count(cache_dir, keys) - bar.n))
+        code = _run_child(
+            job_path, log_path, lambda before=before, keys=keys: bar.update(before + _count(cache_dir, keys) - bar.n)
+        )
         bar.update(before + _count(cache_dir, keys) - bar.n)
         if code != 0:
             error_path = job_path.with_suffix(".error")
             reason = error_path.read_text().strip() if error_path.is_file() else _describe_exit(code)
             failures.append(f"model {label!r} ({models[label]}): {reason} [log: {log_path}]")
         elif is_main_rank() and _count(cache_dir, keys) < len(keys):
-            failures.append(f"model {label!r} ({models[label]}): finished without saving all its scores [log: {log_path}]")
+            failures.append(
+                f"model {label!r} ({models[label]}): finished without saving all its scores [log: {log_path}]"
+            )
     bar.close()
     if failures:
         raise BenchError("; ".join(failures) + " - finished scores are kept; rerun to resume")

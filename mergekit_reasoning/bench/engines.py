@@ -76,8 +76,7 @@ def engine_settings(
     for name in given:
         if name not in allowed:
             raise BenchError(
-                f"engine option {name!r} does not apply to --engine {engine}; "
-                f"{engine} takes {', '.join(allowed)}"
+                f"engine option {name!r} does not apply to --engine {engine}; {engine} takes {', '.join(allowed)}"
             )
     return {
         "engine": engine,
@@ -140,8 +139,14 @@ def model_args(ref: str, settings: dict) -> dict:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if batch_size == "auto" and not str(device).startswith("cuda"):
             batch_size = 8  # lm-eval's automatic search is for accelerators
-        return {"pretrained": ref, **pin, "dtype": settings["dtype"], "batch_size": batch_size, "device": device,
-                **options}
+        return {
+            "pretrained": ref,
+            **pin,
+            "dtype": settings["dtype"],
+            "batch_size": batch_size,
+            "device": device,
+            **options,
+        }
     # vLLM: with "auto", lm-eval hands every request to vLLM at once and vLLM schedules
     # them; an integer feeds it that many at a time. `generation_config="vllm"` keeps a
     # model's own generation_config.json (temperature, top_p, ...) out of the sampling

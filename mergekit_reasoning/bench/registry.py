@@ -11,9 +11,7 @@ from mergekit_reasoning.core.errors import BenchError
 TASKS_DIR = Path(__file__).parent / "tasks"
 BBH_PREFIX = "mkr_bbh_cot_fewshot"
 
-BBH_SUBTASKS = tuple(
-    sorted(p.stem.removeprefix(f"{BBH_PREFIX}_") for p in TASKS_DIR.glob(f"{BBH_PREFIX}_*.yaml"))
-)
+BBH_SUBTASKS = tuple(sorted(p.stem.removeprefix(f"{BBH_PREFIX}_") for p in TASKS_DIR.glob(f"{BBH_PREFIX}_*.yaml")))
 
 # name -> (lm-eval task or group, dataset, adversarial variant or None)
 TASKS: Dict[str, Tuple[str, str, str | None]] = {
@@ -66,7 +64,9 @@ def expand(names) -> List[str]:
         raise BenchError("no tasks given")
     inside = [n for n in out if bbh_subtask(n)]
     if "bbh" in out and inside:  # lm-eval refuses a task twice in one run
-        raise BenchError(f"{inside[0]} is part of bbh, which scores it too (see the per-subtask table); give one or the other")
+        raise BenchError(
+            f"{inside[0]} is part of bbh, which scores it too (see the per-subtask table); give one or the other"
+        )
     return out
 
 

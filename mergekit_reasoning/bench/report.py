@@ -46,17 +46,17 @@ def _rows(scores: List[dict], subtasks: bool) -> Dict[Tuple, Dict[str, dict]]:
 
 
 def _table(rows, labels: List[str], baseline: str, first_col: str) -> List[str]:
-    others = [l for l in labels if l != baseline]
+    others = [label for label in labels if label != baseline]
     head = [first_col, "variant", "metric", "condition", "n", baseline]
-    for l in others:
-        head += [l, f"Δ {l}"]
+    for label in others:
+        head += [label, f"Δ {label}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (task, sub, variant, metric, cond), by_label in rows.items():
         base = by_label.get(baseline)
         n = next((r["n"] for r in by_label.values() if r.get("n") is not None), "")
         cells = [sub or task, variant, metric, cond, str(n), _cell(base)]
-        for l in others:
-            cells += [_cell(by_label.get(l)), _delta(by_label.get(l), base)]
+        for label in others:
+            cells += [_cell(by_label.get(label)), _delta(by_label.get(label), base)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

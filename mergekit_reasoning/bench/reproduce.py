@@ -52,8 +52,10 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
     where = f"recipe {path}"
     unsupported = sorted(set(data) - _TOP_KEYS)
     if unsupported:
-        raise BenchError(f"{where}: {_ONLY}; `{unsupported[0]}` is not supported here (merge with "
-                         "`mergekit-reasoning merge`, then score with `bench`)")
+        raise BenchError(
+            f"{where}: {_ONLY}; `{unsupported[0]}` is not supported here (merge with "
+            "`mergekit-reasoning merge`, then score with `bench`)"
+        )
     target = data["base_model"]
     if not isinstance(target, str):
         raise BenchError(f"{where}: base_model must be a model name or folder")
@@ -65,7 +67,9 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
         params = entry.get("parameters") or {}
         extra = sorted((set(entry) - {"model", "parameters"}) | (set(params) - {"role"}))
         if not isinstance(model, str) or extra:
-            raise BenchError(f"{where}: model {model}: {_ONLY}; `{extra[0] if extra else 'model'}` is not supported here")
+            raise BenchError(
+                f"{where}: model {model}: {_ONLY}; `{extra[0] if extra else 'model'}` is not supported here"
+            )
         role = params.get("role")
         if role not in ("grpo", "sft"):
             raise BenchError(f"{where}: model {model} has role {role!r}; {_ONLY}: one `role: grpo` and one `role: sft`")
@@ -80,7 +84,9 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
         raise BenchError(f"{where}: parameter `{sorted(set(params) - {'lambda'})[0]}` is not supported here; {_ONLY}")
     lam = params.get("lambda", 1.0)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam == 0:
-        raise BenchError(f"{where}: lambda must be a nonzero number (its sign is ignored: +|λ| and −|λ| are both merged), got {lam!r}")
+        raise BenchError(
+            f"{where}: lambda must be a nonzero number (its sign is ignored: +|λ| and −|λ| are both merged), got {lam!r}"
+        )
     dtype = data.get("dtype")
     if dtype is None or data.get("out_dtype", dtype) != dtype:
         raise BenchError(f"{where}: set dtype, and out_dtype equal to it (got {dtype!r} and {data.get('out_dtype')!r})")
@@ -129,22 +135,45 @@ def reproduce(
     if think:  # the paper's G+T: the GRPO donor, prompted to think step by step
         models[DONOR] = pair.grpo
         options["model_conditions"] = {**options.get("model_conditions", {}), DONOR: think}
-    extra = {**options.pop("extra", {}), "reproduce": {
-        "recipe": str(Path(recipe).resolve()), "lambda": pair.lam, "merge_dtype": pair.dtype,
-        "target": pair.target, "grpo": pair.grpo, "sft": pair.sft, "donor": DONOR if think else None,
-        "paper": {"source": paper.SOURCE, "size": size, "target": paper.TARGETS.get(size or ""),
-                  "figures": paper.reported(size)},
-    }}
+    extra = {
+        **options.pop("extra", {}),
+        "reproduce": {
+            "recipe": str(Path(recipe).resolve()),
+            "lambda": pair.lam,
+            "merge_dtype": pair.dtype,
+            "target": pair.target,
+            "grpo": pair.grpo,
+            "sft": pair.sft,
+            "donor": DONOR if think else None,
+            "paper": {
+                "source": paper.SOURCE,
+                "size": size,
+                "target": paper.TARGETS.get(size or ""),
+                "figures": paper.reported(size),
+            },
+        },
+    }
     document = run_bench(
-        models, task_list, conditions=conditions, out_dir=out, baseline=BASE, adversarial=True,
-        plots=plots, extra=extra, **options,
+        models,
+        task_list,
+        conditions=conditions,
+        out_dir=out,
+        baseline=BASE,
+        adversarial=True,
+        plots=plots,
+        extra=extra,
+        **options,
     )
     every_score = (out / "table.md").read_text().replace("# Benchmark results", "## Every score", 1)
-    head = (f"# Reproduction of {paper.SOURCE}\n\n"
-            f"`{recipe}`: {BASE} = {pair.target}; "
-            f"{PLUS} / {MINUS} = {BASE} ± {pair.lam:g}·({pair.grpo} − {pair.sft})"
-            + (f"; {DONOR} = {pair.grpo} with the think prompt" if think else "") + ".\n\n")
-    comparison = paper.comparison_markdown(document, size, {PLUS: PLUS, MINUS: MINUS},
-                                           donor=DONOR if think else None, target=pair.target)
+    head = (
+        f"# Reproduction of {paper.SOURCE}\n\n"
+        f"`{recipe}`: {BASE} = {pair.target}; "
+        f"{PLUS} / {MINUS} = {BASE} ± {pair.lam:g}·({pair.grpo} − {pair.sft})"
+        + (f"; {DONOR} = {pair.grpo} with the think prompt" if think else "")
+        + ".\n\n"
+    )
+    comparison = paper.comparison_markdown(
+        document, size, {PLUS: PLUS, MINUS: MINUS}, donor=DONOR if think else None, target=pair.target
+    )
     (out / "table.md").write_text(head + comparison + "\n" + every_score)
     return document

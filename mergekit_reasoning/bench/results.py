@@ -59,12 +59,14 @@ def _metrics(entry: dict) -> List[dict]:
             continue
         metric, filt = key.split(",", 1)
         stderr = entry.get(f"{metric}_stderr,{filt}")
-        out.append({
-            "metric": metric,
-            "filter": filt,
-            "value": jsonable(value),
-            "stderr": jsonable(stderr) if isinstance(stderr, (int, float)) or hasattr(stderr, "item") else None,
-        })
+        out.append(
+            {
+                "metric": metric,
+                "filter": filt,
+                "value": jsonable(value),
+                "stderr": jsonable(stderr) if isinstance(stderr, (int, float)) or hasattr(stderr, "item") else None,
+            }
+        )
     return out
 
 
@@ -95,7 +97,6 @@ def samples_for(res: dict, lm_name: str) -> Dict[str, list]:
             continue
         keep = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics")
         out[name] = [
-            {**{k: row.get(k) for k in keep}, "scores": {m: row.get(m) for m in row.get("metrics", [])}}
-            for row in rows
+            {**{k: row.get(k) for k in keep}, "scores": {m: row.get(m) for m in row.get("metrics", [])}} for row in rows
         ]
     return jsonable(out)

@@ -15,11 +15,11 @@ from mergekit_reasoning.bench import registry, sandbox
 from mergekit_reasoning.bench.children import is_main_rank, score_in_children
 from mergekit_reasoning.bench.conditions import Condition, parse_conditions
 from mergekit_reasoning.bench.engines import engine_settings, score_identity
-from mergekit_reasoning.core.errors import BenchError
 from mergekit_reasoning.bench.identity import check_model, model_identity, package_versions
 from mergekit_reasoning.bench.plots import plot_scores
 from mergekit_reasoning.bench.report import markdown_table
 from mergekit_reasoning.bench.results import jsonable, load_unit, unit_key
+from mergekit_reasoning.core.errors import BenchError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,10 @@ class BenchRun:
             model=ident.get("sha256") or [ident.get("id"), ident.get("revision")],
             task=registry.lm_eval_name(task, variant),
             condition=cond.name,
-            **{k: self.settings[k] for k in ("limit", "data_dir", "adversarial_seed", "max_gen_toks", "task_config_hash")},
+            **{
+                k: self.settings[k]
+                for k in ("limit", "data_dir", "adversarial_seed", "max_gen_toks", "task_config_hash")
+            },
             samples=self.settings["log_samples"],
             scoring=self.scoring,
             sandbox=self.settings["sandbox"] if registry.dataset(task) == "humaneval" else None,
@@ -117,10 +120,26 @@ def run_bench(
     `conditions` (e.g. a reference model scored only with the think prompt).
     """
     run = plan(
-        models, tasks, conditions, out_dir, data_dir=data_dir, limit=limit, baseline=baseline,
-        adversarial=adversarial, adversarial_seed=adversarial_seed, engine=engine, dtype=dtype,
-        batch_size=batch_size, device=device, max_gen_toks=max_gen_toks, log_samples=log_samples, plots=plots,
-        progress=progress, extra=extra, allow_weak_sandbox=allow_weak_sandbox, model_conditions=model_conditions,
+        models,
+        tasks,
+        conditions,
+        out_dir,
+        data_dir=data_dir,
+        limit=limit,
+        baseline=baseline,
+        adversarial=adversarial,
+        adversarial_seed=adversarial_seed,
+        engine=engine,
+        dtype=dtype,
+        batch_size=batch_size,
+        device=device,
+        max_gen_toks=max_gen_toks,
+        log_samples=log_samples,
+        plots=plots,
+        progress=progress,
+        extra=extra,
+        allow_weak_sandbox=allow_weak_sandbox,
+        model_conditions=model_conditions,
         **engine_options,
     )
     units = run.units()
@@ -131,8 +150,27 @@ def run_bench(
 
 
 def plan(
-    models, tasks, conditions, out_dir, *, data_dir, limit, baseline, adversarial, adversarial_seed, engine, dtype,
-    batch_size, device, max_gen_toks, log_samples, plots, progress, extra, allow_weak_sandbox, model_conditions,
+    models,
+    tasks,
+    conditions,
+    out_dir,
+    *,
+    data_dir,
+    limit,
+    baseline,
+    adversarial,
+    adversarial_seed,
+    engine,
+    dtype,
+    batch_size,
+    device,
+    max_gen_toks,
+    log_samples,
+    plots,
+    progress,
+    extra,
+    allow_weak_sandbox,
+    model_conditions,
     **engine_options,
 ) -> BenchRun:
     """Check every option and model, and settle what the run scores and records."""

@@ -85,10 +85,22 @@ def run_sweep(
     models: Dict[str, str] = {lambda_label(lam): str(target if lam == 0 else merged[lam]) for lam in lams}
     baseline = bench_options.pop("baseline", None) or (lambda_label(0.0) if 0.0 in lams else None)
     document = run_bench(
-        models, tasks, out_dir=out, baseline=baseline, plots=plots,
-        extra={"sweep": {"lambdas": lams, "target": str(target), "sft": str(sft), "grpo": str(grpo), "merge_dtype": merge_dtype}},
+        models,
+        tasks,
+        out_dir=out,
+        baseline=baseline,
+        plots=plots,
+        extra={
+            "sweep": {
+                "lambdas": lams,
+                "target": str(target),
+                "sft": str(sft),
+                "grpo": str(grpo),
+                "merge_dtype": merge_dtype,
+            }
+        },
         **bench_options,
     )
     if plots:
-        plot_sweep(document, {lambda_label(l): l for l in lams}, out / "plots" / "sweep.png")
+        plot_sweep(document, {lambda_label(lam): lam for lam in lams}, out / "plots" / "sweep.png")
     return document

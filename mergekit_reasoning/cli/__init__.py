@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from mergekit_reasoning.core.errors import Error
-from mergekit_reasoning.core.formats import VECTOR_DTYPES
 from mergekit_reasoning.cli import bench as bench_commands
 from mergekit_reasoning.cli import recipes as recipe_commands
+from mergekit_reasoning.core.errors import Error
+from mergekit_reasoning.core.formats import VECTOR_DTYPES
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
 
 
@@ -66,14 +66,21 @@ def check(recipe: Path):
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--lambda", "lambdas", type=float, multiple=True,
-              help="Override λ; repeat it for a sweep that reads the inputs once and writes OUT/lambda_<λ> per value.")
+@click.option(
+    "--lambda",
+    "lambdas",
+    type=float,
+    multiple=True,
+    help="Override λ; repeat it for a sweep that reads the inputs once and writes OUT/lambda_<λ> per value.",
+)
 @click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU.")
 @click.option("--read-to-gpu", is_flag=True, help="Read weights straight to the GPU (implies --cuda).")
 @click.option("--out-shard-size", default="5B", show_default=True, help="Parameters per output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the new merge is complete.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool):
+def merge(
+    recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool
+):
     """Merge RECIPE into OUT with the streaming executor."""
     from mergekit_reasoning.executor import run
     from mergekit_reasoning.executor.recipe import Recipe
@@ -89,26 +96,51 @@ def merge(recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_s
 @click.option("--grpo", required=True, help="The GRPO model (hub ID or folder).")
 @click.option("--sft", required=True, help="The SFT model (hub ID or folder).")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(VECTOR_DTYPES), default="float32", show_default=True,
-              help="float32 is lossless: applying the vector then equals merging the pair, bit for bit.")
-@click.option("--sparsify", type=click.Choice(["magnitude", "dare"]), default=None,
-              help="magnitude keeps the largest entries; dare keeps random ones and rescales.")
+@click.option(
+    "--dtype",
+    type=click.Choice(VECTOR_DTYPES),
+    default="float32",
+    show_default=True,
+    help="float32 is lossless: applying the vector then equals merging the pair, bit for bit.",
+)
+@click.option(
+    "--sparsify",
+    type=click.Choice(["magnitude", "dare"]),
+    default=None,
+    help="magnitude keeps the largest entries; dare keeps random ones and rescales.",
+)
 @click.option("--density", type=float, default=1.0, show_default=True, help="Fraction of entries kept.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare.")
-@click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
-              help="sparse keeps only nonzero entries, compact for sharing; `densify` restores the dense folder.")
+@click.option(
+    "--storage",
+    type=click.Choice(["dense", "sparse"]),
+    default="dense",
+    show_default=True,
+    help="sparse keeps only nonzero entries, compact for sharing; `densify` restores the dense folder.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the new vector is complete.")
 def extract(grpo, sft, out, dtype, sparsify, density, seed, storage, overwrite):
     """Write the reasoning vector GRPO − SFT as a shareable folder."""
     _hub_or_offline()
-    from mergekit_reasoning.vectors.files import Sparsify, extract as extract_vector
+    from mergekit_reasoning.vectors.files import Sparsify
+    from mergekit_reasoning.vectors.files import extract as extract_vector
 
     plan = Sparsify(sparsify, density, seed) if sparsify else None
-    manifest = extract_vector(grpo, sft, out, dtype=dtype, sparsify=plan, storage=storage, overwrite=overwrite,
-                              echo=lambda m: click.echo(m, err=True))
+    manifest = extract_vector(
+        grpo,
+        sft,
+        out,
+        dtype=dtype,
+        sparsify=plan,
+        storage=storage,
+        overwrite=overwrite,
+        echo=lambda m: click.echo(m, err=True),
+    )
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
-    click.echo(f"wrote {out}: {len(manifest['tensors'])} tensors, {size / 1e6:.1f} MB {dtype}, "
-               f"norm {manifest['total_norm']:.6g}, distance from the full vector {manifest['relative_error']:.3%}")
+    click.echo(
+        f"wrote {out}: {len(manifest['tensors'])} tensors, {size / 1e6:.1f} MB {dtype}, "
+        f"norm {manifest['total_norm']:.6g}, distance from the full vector {manifest['relative_error']:.3%}"
+    )
 
 
 @main.command()
@@ -126,17 +158,24 @@ def densify(source, out, overwrite):
 
 @main.command(name="inspect")
 @click.argument("vector", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--target", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="A model folder: report the vector's size relative to its weights.")
-@click.option("--compare", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Another vector folder: report cosine similarity.")
+@click.option(
+    "--target",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="A model folder: report the vector's size relative to its weights.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Another vector folder: report cosine similarity.",
+)
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of the per-layer figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_vector(vector, target, compare, plot, as_json):
     """Norms per layer and module, relative size, sparsity, cosine similarity."""
     import json
 
-    from mergekit_reasoning.vectors.stats import format_table, plot as plot_stats, vector_stats
+    from mergekit_reasoning.vectors.stats import format_table, vector_stats
+    from mergekit_reasoning.vectors.stats import plot as plot_stats
 
     stats = vector_stats(vector, target=target, other=compare)
     click.echo(json.dumps(stats, indent=2) if as_json else format_table(stats))
@@ -165,7 +204,13 @@ def verify(folder, check_inputs, remerge):
 
 @main.command()
 @click.argument("recipes", type=click.Path(path_type=Path, exists=True))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="One output folder per recipe, named after it.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="One output folder per recipe, named after it.",
+)
 @click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU.")
 def regenerate(recipes, out_dir, cuda):
     """Re-merge the recipes whose text or inputs changed; skip the rest."""
@@ -180,11 +225,20 @@ def regenerate(recipes, out_dir, cuda):
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Where to put the stand-in models and the merge (default: a temporary folder).")
-@click.option("--shape", type=click.Choice(["tiny", "qwen2.5-1.5b"]), default="tiny", show_default=True,
-              help="Stand-in sizes: tiny (seconds), or Qwen2.5-1.5B's real widths and 151,936-row vocabulary with "
-                   "two layers (about 2 GB of disk and 3 GB of memory, a minute or two).")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to put the stand-in models and the merge (default: a temporary folder).",
+)
+@click.option(
+    "--shape",
+    type=click.Choice(["tiny", "qwen2.5-1.5b"]),
+    default="tiny",
+    show_default=True,
+    help="Stand-in sizes: tiny (seconds), or Qwen2.5-1.5B's real widths and 151,936-row vocabulary with "
+    "two layers (about 2 GB of disk and 3 GB of memory, a minute or two).",
+)
 def demo(workdir, shape):
     """Merge small stand-in models offline with the stock mergekit-yaml and check the result."""
     from mergekit_reasoning.testing.demo import run_demo

@@ -89,5 +89,9 @@ def model_files(folder: Path) -> list:
     """The files that define a model's weights and structure."""
     folder = Path(folder)
     names = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
-    names += [n for n in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json") if (folder / n).exists()]
+    names += [
+        n
+        for n in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+        if (folder / n).exists()
+    ]
     return sorted(set(names))

@@ -50,5 +50,7 @@ def go_offline_if_unreachable(echo: Callable[[str], None], host: Optional[str] =
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:  # already imported: it read the variable at import
         constants.HF_HUB_OFFLINE = True
-    echo(f"note: {host} cannot be reached, so only local folders and the Hugging Face cache are used (HF_HUB_OFFLINE=1)")
+    echo(
+        f"note: {host} cannot be reached, so only local folders and the Hugging Face cache are used (HF_HUB_OFFLINE=1)"
+    )
     return True

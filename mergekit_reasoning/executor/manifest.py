@@ -19,6 +19,8 @@ from mergekit_reasoning.core.provenance import package_versions
 
 NAME = "reasoning_merge.json"
 FORMAT = "mergekit-reasoning/merge"
+
+
 def describe_inputs(checked) -> List[Dict[str, Any]]:
     """Each model the recipe reads: reference, revision and file hashes."""
     from mergekit_reasoning.method.models import local_folder
@@ -51,7 +53,11 @@ def describe_models(models) -> List[Dict[str, Any]]:
 def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[float] = None) -> str:
     """Content address of a merge: changes exactly when the recipe or an input does."""
     payload = json.dumps(
-        {"recipe": recipe_text, "lambda": lam, "inputs": [{k: i[k] for k in ("model", "role", "files")} for i in inputs]},
+        {
+            "recipe": recipe_text,
+            "lambda": lam,
+            "inputs": [{k: i[k] for k in ("model", "role", "files")} for i in inputs],
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -83,7 +89,9 @@ def write_manifest(
         "python": platform.python_version(),
         "device": device,
         "out_shard_size": out_shard_size,
-        "outputs": dict(sorted(output_digests.items())) if output_digests is not None else hash_files(folder, shards, cached=False),
+        "outputs": dict(sorted(output_digests.items()))
+        if output_digests is not None
+        else hash_files(folder, shards, cached=False),
     }
     (Path(folder) / NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

@@ -88,7 +88,9 @@ class Reservation:
             LOG.debug("paging in the reserved outputs stopped: %s", error)
 
 
-def reserve(recipe: Union[Recipe, Path], outs: Sequence[Path], out_shard_size: int, budget: int) -> Optional[Reservation]:
+def reserve(
+    recipe: Union[Recipe, Path], outs: Sequence[Path], out_shard_size: int, budget: int
+) -> Optional[Reservation]:
     """Reserve the output files `outs` will need, judged from the recipe's target; None if not here."""
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.peek(recipe)
     if recipe is None or not sys.platform.startswith("linux") or budget <= 0:
@@ -107,7 +109,9 @@ def reserve(recipe: Union[Recipe, Path], outs: Sequence[Path], out_shard_size: i
             if not out.parent.is_dir():
                 files.append([])
                 continue
-            files.append([_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size) for k, size in enumerate(sizes)])
+            files.append(
+                [_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size) for k, size in enumerate(sizes)]
+            )
     except OSError as error:
         for made in files:
             for reserved in made:

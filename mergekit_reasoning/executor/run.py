@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
-from mergekit_reasoning.executor.readahead import advise, available_memory, reclaimable_memory, recipe_model_dirs
+from mergekit_reasoning.executor.readahead import advise, available_memory, recipe_model_dirs, reclaimable_memory
 from mergekit_reasoning.executor.recipe import Recipe
 from mergekit_reasoning.executor.reserve import reserve
 

@@ -142,7 +142,11 @@ class _Shard:
         start, end = self._ends[entry.name]
         if end == start:
             return torch.empty(entry.shape, dtype=entry.dtype)
-        return torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=start).view(entry.dtype).view(entry.shape)
+        return (
+            torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=start)
+            .view(entry.dtype)
+            .view(entry.shape)
+        )
 
     def finished(self, name: str) -> None:
         with self._changed:
@@ -243,7 +247,7 @@ class MappedShards:
             self.remove()
             raise
         finally:
-            for spare in reserved[len(self._shards):]:
+            for spare in reserved[len(self._shards) :]:
                 discard(spare)
 
     def write_order(self) -> List[str]:
@@ -284,7 +288,10 @@ class MappedShards:
         if len(self._shards) < 2:
             return
         content = {
-            "metadata": {"total_size": sum(e.nbytes for e in self._entries.values()), "mergekit_version": self.mergekit_version},
+            "metadata": {
+                "total_size": sum(e.nbytes for e in self._entries.values()),
+                "mergekit_version": self.mergekit_version,
+            },
             "weight_map": {name: self._of[name].path.name for name in self._entries},
         }
         with open(self.folder / SAFETENSORS_INDEX, "w", encoding="utf-8") as handle:

@@ -92,10 +92,17 @@ def merge(
                 if streamable:
                     _write_metadata(checked, cfg_out, arch_info, path, options, name=out.name)
                 lam = None if lambdas is None else lambdas[index]
-                manifests.append(write_manifest(
-                    path, checked, inputs, lam=lam, device=str(device), out_shard_size=options.out_shard_size,
-                    output_digests=digests[index],
-                ))
+                manifests.append(
+                    write_manifest(
+                        path,
+                        checked,
+                        inputs,
+                        lam=lam,
+                        device=str(device),
+                        out_shard_size=options.out_shard_size,
+                        output_digests=digests[index],
+                    )
+                )
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
         _close_inputs()
@@ -120,7 +127,6 @@ def _plan(checked: CheckedRecipe, options, out: Path):
     from mergekit.io.tasks import LoaderCache
     from mergekit.plan import MergePlanner
 
-
     config = checked.config.model_copy(deep=True)
     LoaderCache().setup(options=options)
     arch_info = get_architecture_info(config, options)
@@ -144,7 +150,6 @@ def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -
 
 def _stream(tasks, writers, device, options, lambdas) -> None:
     import tqdm
-
     from mergekit.common import dtype_from_name
 
     mapped = isinstance(writers[0], MappedShards)
@@ -218,7 +223,9 @@ def _writers(staging: Sequence[Path], options, entries, reservation) -> list:
     try:
         for index, path in enumerate(staging):
             reserved = reservation.take(index) if reservation is not None else []
-            made.append(MappedShards(path, entries, options.out_shard_size, metadata.version("mergekit"), reserved=reserved))
+            made.append(
+                MappedShards(path, entries, options.out_shard_size, metadata.version("mergekit"), reserved=reserved)
+            )
     except OSError as error:
         for writer in made:
             writer.remove()
@@ -244,7 +251,6 @@ def _tensor_writer(path: Path, options):
 def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, options, *, name: str) -> None:
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
-
 
     config = checked.config
     cfg_out.save_pretrained(str(path))

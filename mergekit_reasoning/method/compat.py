@@ -127,8 +127,7 @@ def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str) -> None:
         if axis is not None and len(got) == len(shape) and got[1:] == shape[1:]:
             continue  # vocabulary rows: recorded by check_compatible
         raise RecipeError(
-            f"model {donor.label}: tensor {source} has shape {list(got)}, "
-            f"but {what}'s {name} has {list(shape)}"
+            f"model {donor.label}: tensor {source} has shape {list(got)}, but {what}'s {name} has {list(shape)}"
         )
 
 

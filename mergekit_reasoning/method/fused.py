@@ -248,7 +248,8 @@ def merge(
     if outputs is None:
         outputs = [torch.empty(target.shape, dtype=out_dtype) for _ in lambda_sets]
     elif len(outputs) != len(lambda_sets) or any(
-        o.dtype != out_dtype or o.shape != target.shape or not o.is_contiguous() or o.device.type != "cpu" for o in outputs
+        o.dtype != out_dtype or o.shape != target.shape or not o.is_contiguous() or o.device.type != "cpu"
+        for o in outputs
     ):
         raise ValueError("outputs must be one contiguous CPU tensor per λ set, in out_dtype and the target's shape")
     with _lock:

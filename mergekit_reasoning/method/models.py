@@ -7,10 +7,15 @@ from typing import Optional, Tuple
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
+from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import broken_shard
 from mergekit_reasoning.method.compat import ModelInfo, read_model_info
-from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.method.vector_format import check_against_shards, check_roles_and_dtypes, read_manifest, sparse_message
+from mergekit_reasoning.method.vector_format import (
+    check_against_shards,
+    check_roles_and_dtypes,
+    read_manifest,
+    sparse_message,
+)
 
 
 def loader(ref: ModelReference):
@@ -53,4 +58,6 @@ def vector_manifest(ref: ModelReference):
 
 def check_roles(roles, load_dtype=None) -> None:
     """A `vector` donor must be a vector folder, and a vector folder must be one."""
-    check_roles_and_dtypes([(ref, role) for ref, role in roles], {ref: vector_manifest(ref) for ref, _ in roles}, load_dtype)
+    check_roles_and_dtypes(
+        [(ref, role) for ref, role in roles], {ref: vector_manifest(ref) for ref, _ in roles}, load_dtype
+    )

@@ -26,8 +26,8 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_reasoning.method.compat import check_compatible
 from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.method.compat import check_compatible
 from mergekit_reasoning.method.kernel import merge_tensor
 from mergekit_reasoning.method.models import check_roles, model_info
 from mergekit_reasoning.method.roles import DEFAULT_VECTOR, Role

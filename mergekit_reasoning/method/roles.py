@@ -67,7 +67,9 @@ def pair_donors(
             found = members[role]
             if len(found) > 1:
                 names = ", ".join(map(str, found))
-                raise RecipeError(f"vector {name!r} has {len(found)} {role} models ({names}); it needs exactly one{suffix}")
+                raise RecipeError(
+                    f"vector {name!r} has {len(found)} {role} models ({names}); it needs exactly one{suffix}"
+                )
             if not found:
                 other = members[ROLES[1 - ROLES.index(role)]][0]
                 raise RecipeError(f"vector {name!r} has no {role} model to pair with {other}{suffix}")

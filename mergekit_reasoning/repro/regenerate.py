@@ -33,7 +33,11 @@ def recipe_files(source: Path) -> List[Path]:
 
 
 def regenerate(
-    source: Path, out_dir: Path, settings: run.MergeSettings = run.MergeSettings(), *, echo: Callable[[str], None] = print
+    source: Path,
+    out_dir: Path,
+    settings: run.MergeSettings = run.MergeSettings(),
+    *,
+    echo: Callable[[str], None] = print,
 ) -> Outcome:
     outcome = Outcome()
     for path in recipe_files(source):

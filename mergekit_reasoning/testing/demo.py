@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import yaml
 
@@ -59,7 +59,11 @@ def run_demo(workdir: Optional[Path] = None, *, shape: str = "tiny", echo: Calla
             f"{report['exact_fraction']:.4%} of elements equal to the correctly rounded value"
         )
         echo(f"   tied output: {report['tied']} (lm_head.weight stored: {report['has_lm_head']})")
-        echo(f"done: merged model in {out}" if not temporary else "done (temporary files removed; pass --workdir to keep them)")
+        echo(
+            f"done: merged model in {out}"
+            if not temporary
+            else "done (temporary files removed; pass --workdir to keep them)"
+        )
         return report
     finally:
         if temporary:
@@ -79,7 +83,9 @@ def check_against_reference(out: Path, models: dict, lam: float) -> dict:
     worst, exact, total, dtype = 0.0, 0, 0, None
     for name in sorted(merged):
         value = load_tensor(merged[name], name)
-        error, equal = compare_with_exact(value, load_tensor(target[name], name), [(load_tensor(grpo[name], name), load_tensor(sft[name], name), lam)])
+        error, equal = compare_with_exact(
+            value, load_tensor(target[name], name), [(load_tensor(grpo[name], name), load_tensor(sft[name], name), lam)]
+        )
         worst, exact, total, dtype = max(worst, error), exact + equal, total + value.numel(), value.dtype
         del value
     if worst > 1.0:

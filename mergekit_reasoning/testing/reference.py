@@ -13,6 +13,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 
 from mergekit_reasoning.core.reductions import BLOCK as BLOCK_ELEMENTS
+
 _EXPONENT_BITS = 0x7FF0000000000000
 
 Vectors = Sequence[Tuple[torch.Tensor, torch.Tensor, float]]
@@ -90,11 +91,15 @@ def _exact_and_magnitude(target: torch.Tensor, vectors: Vectors) -> Tuple[torch.
     return exact, magnitude
 
 
-def _blocks(merged: torch.Tensor, target: torch.Tensor, vectors: Vectors) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List]]:
+def _blocks(
+    merged: torch.Tensor, target: torch.Tensor, vectors: Vectors
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List]]:
     """Matching flat blocks of the merged tensor, the target and every vector's inputs."""
     for tensor in (target, *(x for g, s, _ in vectors for x in (g, s))):
         if tensor.shape != merged.shape:
-            raise ValueError(f"reference inputs must have the merged shape {tuple(merged.shape)}, got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"reference inputs must have the merged shape {tuple(merged.shape)}, got {tuple(tensor.shape)}"
+            )
     flat = lambda t: t.reshape(-1)  # noqa: E731
     m, t = flat(merged), flat(target)
     v = [(flat(g), flat(s), lam) for g, s, lam in vectors]

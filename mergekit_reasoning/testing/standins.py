@@ -168,9 +168,7 @@ def write_standin(
     return out
 
 
-def write_trio(
-    root: os.PathLike, *, shape: str = "tiny", num_layers: int = 2, **options
-) -> Dict[str, Path]:
+def write_trio(root: os.PathLike, *, shape: str = "tiny", num_layers: int = 2, **options) -> Dict[str, Path]:
     """Write target, SFT and GRPO stand-ins from one initialisation under `root`."""
     root = Path(root)
     return {
@@ -250,7 +248,5 @@ def retarget(data: dict, target: str, by_role: Dict[str, str]) -> dict:
     This is how the demo and the tests run the shipped recipes on stand-ins.
     """
     out = dict(data, base_model=target)
-    out["models"] = [
-        dict(entry, model=by_role[(entry.get("parameters") or {})["role"]]) for entry in data["models"]
-    ]
+    out["models"] = [dict(entry, model=by_role[(entry.get("parameters") or {})["role"]]) for entry in data["models"]]
     return out

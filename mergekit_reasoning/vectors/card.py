@@ -41,7 +41,7 @@ def hub_id(model: str) -> Optional[str]:
 
     path = Path(model)
     if len(path.parts) >= 3 and path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        candidate = path.parent.parent.name[len("models--"):].replace("--", "/", 1)
+        candidate = path.parent.parent.name[len("models--") :].replace("--", "/", 1)
     elif model.startswith((".", "/", "~")) or path.exists():
         return None
     else:
@@ -109,8 +109,17 @@ def card_metadata(manifest: Dict):
 def extract_command(manifest: Dict, folder_name: str) -> str:
     """The `mergekit-reasoning extract` command line that writes this folder."""
     sources, sparsify = manifest["sources"], manifest.get("sparsify")
-    words = ["mergekit-reasoning", "extract", "--grpo", _pinned(sources["grpo"]), "--sft", _pinned(sources["sft"]),
-             folder_name, "--dtype", manifest["dtype"]]
+    words = [
+        "mergekit-reasoning",
+        "extract",
+        "--grpo",
+        _pinned(sources["grpo"]),
+        "--sft",
+        _pinned(sources["sft"]),
+        folder_name,
+        "--dtype",
+        manifest["dtype"],
+    ]
     if sparsify:
         words += ["--sparsify", sparsify["method"], "--density", f"{sparsify['density']:g}"]
         if sparsify["method"] == "dare":
@@ -130,17 +139,24 @@ def _pinned(source: Dict) -> str:
 def apply_recipe(manifest: Dict, folder_name: str) -> str:
     """A recipe that adds this vector to a target (the dense folder, for a sparse one)."""
     vector = folder_name + ("-dense" if manifest.get("storage") == "sparse" else "")
-    return "\n".join([
-        "merge_method: reasoning_vector",
-        "base_model: TARGET          # the model to add the vector to: the donors' architecture and shapes",
-        "models:",
-        f"  - model: ./{vector}" + " " * max(1, 16 - len(vector)) + "# this folder, or its hub id once uploaded",
-        "    parameters:",
-        "      role: vector",
-        "parameters:",
-        "  lambda: 1.0                # λ; a negative λ subtracts the vector",
-        "out_dtype: bfloat16          # no `dtype`: the vector is used as stored",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "merge_method: reasoning_vector",
+                "base_model: TARGET          # the model to add the vector to: the donors' architecture and shapes",
+                "models:",
+                f"  - model: ./{vector}"
+                + " " * max(1, 16 - len(vector))
+                + "# this folder, or its hub id once uploaded",
+                "    parameters:",
+                "      role: vector",
+                "parameters:",
+                "  lambda: 1.0                # λ; a negative λ subtracts the vector",
+                "out_dtype: bfloat16          # no `dtype`: the vector is used as stored",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _groups(tensors: Dict[str, Dict]) -> List[tuple]:
@@ -171,19 +187,27 @@ def card_text(manifest: Dict, folder_name: str, *, densified_from: Optional[str]
     meta = card_metadata(manifest)
     local = [sources[r]["model"] for r in ("grpo", "sft") if not hub_id(sources[r]["model"])]
     lines = [
-        "---", meta.to_yaml(), "---", "",
-        f"# Reasoning vector: {grpo} − {sft}", "",
+        "---",
+        meta.to_yaml(),
+        "---",
+        "",
+        f"# Reasoning vector: {grpo} − {sft}",
+        "",
         "A reasoning vector (Zbeeb, Hammoud, Ghanem, [arXiv:2509.01363](https://arxiv.org/abs/2509.01363)) "
         "is the weight difference v = θ_GRPO − θ_SFT between two models fine-tuned from one initialisation on "
         "the same data, one with GRPO and one with SFT: what the reinforcement learning added. Added to a "
         "compatible model, θ_target + λ·v transfers it; subtracting it (λ < 0) is the ablation. It is not a "
-        "model to run by itself.", "",
-        "| role | model | revision | license |", "|---|---|---|---|",
+        "model to run by itself.",
+        "",
+        "| role | model | revision | license |",
+        "|---|---|---|---|",
     ]
     for role, label in (("grpo", "GRPO"), ("sft", "SFT")):
         source = sources[role]
-        lines.append(f"| {label} | `{source['model']}` | {source.get('revision') or 'not recorded'} "
-                     f"| {source.get('license') or 'not stated'} |")
+        lines.append(
+            f"| {label} | `{source['model']}` | {source.get('revision') or 'not recorded'} "
+            f"| {source.get('license') or 'not stated'} |"
+        )
     if local:
         what = "is a local folder" if len(local) == 1 else "are local folders"
         lines += ["", f"`base_model` lists only donors with a hub id; {', '.join(f'`{m}`' for m in local)} {what}."]
@@ -191,39 +215,64 @@ def card_text(manifest: Dict, folder_name: str, *, densified_from: Optional[str]
     if densified_from is None:
         lines += [extract_command(manifest, folder_name)]
     else:  # extracted sparse, then made dense again
-        lines += [extract_command(dict(manifest, storage="sparse"), densified_from),
-                  f"mergekit-reasoning densify {densified_from} {folder_name}"]
+        lines += [
+            extract_command(dict(manifest, storage="sparse"), densified_from),
+            f"mergekit-reasoning densify {densified_from} {folder_name}",
+        ]
     lines += ["```", "", "## Apply it", ""]
     if storage == "sparse":
-        lines += ["This folder keeps only the nonzero entries, for sharing. Recipes apply the dense folder; "
-                  "rebuild it first (bit for bit the dense extraction):", "", "```bash",
-                  f"mergekit-reasoning densify {folder_name} {folder_name}-dense", "```", ""]
+        lines += [
+            "This folder keeps only the nonzero entries, for sharing. Recipes apply the dense folder; "
+            "rebuild it first (bit for bit the dense extraction):",
+            "",
+            "```bash",
+            f"mergekit-reasoning densify {folder_name} {folder_name}-dense",
+            "```",
+            "",
+        ]
     lines += [
         "Save as `apply.yml`, with TARGET the model to add the vector to (a model with the donors' "
-        "architecture and tensor shapes):", "", "```yaml", apply_recipe(manifest, folder_name).rstrip("\n"), "```",
-        "", "```bash",
+        "architecture and tensor shapes):",
+        "",
+        "```yaml",
+        apply_recipe(manifest, folder_name).rstrip("\n"),
+        "```",
+        "",
+        "```bash",
         'pip install "mergekit-reasoning @ git+https://github.com/<org>/mergekit-reasoning"',
         "mergekit-reasoning check apply.yml          # configs and headers only, in seconds",
         "mergekit-yaml apply.yml OUT                 # stock mergekit, or: mergekit-reasoning merge apply.yml OUT",
-        "```", "",
-        "## Contents", "",
+        "```",
+        "",
+        "## Contents",
+        "",
         f"- {len(tensors)} tensors, {manifest['dtype']}, stored {storage}; architecture "
         f"{', '.join(arch.get('architectures') or ['?'])}, hidden size {arch.get('hidden_size', '?')}, "
         f"{arch.get('num_hidden_layers', '?')} layers.",
-        "- Sparsity: " + ("none, every entry kept" if not sparsify else
-                          f"{sparsify['method']} at density {sparsify['density']:g}"
-                          + (f", seed {sparsify['seed']}" if sparsify["method"] == "dare" else ""))
+        "- Sparsity: "
+        + (
+            "none, every entry kept"
+            if not sparsify
+            else f"{sparsify['method']} at density {sparsify['density']:g}"
+            + (f", seed {sparsify['seed']}" if sparsify["method"] == "dare" else "")
+        )
         + f"; {nonzero:.2%} of the {size:,} entries are nonzero.",
         f"- Norm ‖v‖ = {manifest['total_norm']:.6g} (the full vector's: {full_norm:.6g}); distance from the full "
         f"vector, relative: {manifest['relative_error']:.3%}.",
-        "", "| part | tensors | norm | nonzero |", "|---|---|---|---|",
+        "",
+        "| part | tensors | norm | nonzero |",
+        "|---|---|---|---|",
     ]
     lines += [f"| {group} | {count} | {norm:.6g} | {frac:.2%} |" for group, count, norm, frac in _groups(tensors)]
     lines += [
-        "", "## Files", "",
+        "",
+        "## Files",
+        "",
         "SHA-256 of each shard as `reasoning_vector.json` records it; `mergekit-reasoning verify FOLDER` checks "
-        "them. This README is not covered, so it can be edited.", "",
-        "| file | SHA-256 |", "|---|---|",
+        "them. This README is not covered, so it can be edited.",
+        "",
+        "| file | SHA-256 |",
+        "|---|---|",
     ]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in sorted(manifest["shards"].items())]
     return "\n".join(lines) + "\n"

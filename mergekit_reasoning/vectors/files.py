@@ -20,11 +20,11 @@ from typing import Dict, Optional
 
 import torch
 
-from mergekit_reasoning.method.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import load_tensor, tensor_files
 from mergekit_reasoning.core.reductions import BLOCK, float64_blocks
 from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.method.compat import HEAD, STRUCTURE_KEYS, source_tensor
 from mergekit_reasoning.method.vector_format import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
 from mergekit_reasoning.vectors.card import donor_license, write_card
 
@@ -86,10 +86,10 @@ def extract(
     from mergekit.common import ModelReference
     from mergekit.io.tensor_writer import TensorWriter
 
-    from mergekit_reasoning.method.compat import check_compatible
     from mergekit_reasoning.core.hashing import hash_files
-    from mergekit_reasoning.method.models import loader, model_info
     from mergekit_reasoning.core.provenance import package_versions
+    from mergekit_reasoning.method.compat import check_compatible
+    from mergekit_reasoning.method.models import loader, model_info
 
     if dtype not in DTYPES:
         raise RecipeError(f"unknown vector dtype {dtype!r}: use {' or '.join(DTYPES)}")

@@ -47,10 +47,16 @@ def contained(tmp_path_factory):
     root = tmp_path_factory.mktemp("contained")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR (torch's precompiled headers go there)
-        for var, sub in (("TMPDIR", "tmp"), ("MERGEKIT_REASONING_CACHE", "hash-cache"),
-                         ("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                         ("VLLM_RPC_BASE_PATH", "rpc"), ("TRITON_CACHE_DIR", "triton"),
-                         ("XDG_CACHE_HOME", "xdg-cache"), ("VLLM_CONFIG_ROOT", "vllm-config")):
+        for var, sub in (
+            ("TMPDIR", "tmp"),
+            ("MERGEKIT_REASONING_CACHE", "hash-cache"),
+            ("VLLM_CACHE_ROOT", "vllm-cache"),
+            ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+            ("VLLM_RPC_BASE_PATH", "rpc"),
+            ("TRITON_CACHE_DIR", "triton"),
+            ("XDG_CACHE_HOME", "xdg-cache"),
+            ("VLLM_CONFIG_ROOT", "vllm-config"),
+        ):
             (root / sub).mkdir()
             patch.setenv(var, str(root / sub))
         patch.setenv("VLLM_NO_USAGE_STATS", "1")
@@ -94,20 +100,56 @@ def test_cli_passes_engine_options_through(monkeypatch, model, tmp_path):
         raise BenchError("stop here")
 
     monkeypatch.setattr(runner, "run_bench", fake_run_bench)
-    result = CliRunner().invoke(main, ["bench", 
-        "--model", f"m={model}", "--engine", "vllm", "--dtype", "bfloat16", "--tensor-parallel-size", "2",
-        "--data-parallel-size", "3", "--gpu-memory-utilization", "0.8", "--max-model-len", "4096", "--enforce-eager",
-        "--out", str(tmp_path),
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            f"m={model}",
+            "--engine",
+            "vllm",
+            "--dtype",
+            "bfloat16",
+            "--tensor-parallel-size",
+            "2",
+            "--data-parallel-size",
+            "3",
+            "--gpu-memory-utilization",
+            "0.8",
+            "--max-model-len",
+            "4096",
+            "--enforce-eager",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert "stop here" in result.output
-    assert {k: seen[k] for k in ("engine", "dtype", "tensor_parallel_size", "data_parallel_size",
-                                 "gpu_memory_utilization", "max_model_len", "enforce_eager")} == {
-        "engine": "vllm", "dtype": "bfloat16", "tensor_parallel_size": 2, "data_parallel_size": 3,
-        "gpu_memory_utilization": 0.8, "max_model_len": 4096, "enforce_eager": True}
+    assert {
+        k: seen[k]
+        for k in (
+            "engine",
+            "dtype",
+            "tensor_parallel_size",
+            "data_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "enforce_eager",
+        )
+    } == {
+        "engine": "vllm",
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 2,
+        "data_parallel_size": 3,
+        "gpu_memory_utilization": 0.8,
+        "max_model_len": 4096,
+        "enforce_eager": True,
+    }
     assert "parallelize" not in seen  # not given: the engine's own default
 
     monkeypatch.setattr(runner, "run_bench", real)
-    result = CliRunner().invoke(main, ["bench", "--model", f"m={model}", "--engine", "vllm", "--parallelize", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["bench", "--model", f"m={model}", "--engine", "vllm", "--parallelize", "--out", str(tmp_path)]
+    )
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
     assert "'parallelize' does not apply to --engine vllm" in result.output
 
@@ -116,17 +158,39 @@ def test_vllm_model_args_are_what_lm_eval_s_class_takes():
     """TP, DP and max length are named parameters of lm-eval's VLLM; the rest go on to vllm.LLM."""
     from mergekit_reasoning.bench.engines import engine_settings, model_args
 
-    settings = engine_settings("vllm", "float16", "auto", None, tensor_parallel_size=2, data_parallel_size=4,
-                               gpu_memory_utilization=0.5, max_model_len=2048, enforce_eager=True)
+    settings = engine_settings(
+        "vllm",
+        "float16",
+        "auto",
+        None,
+        tensor_parallel_size=2,
+        data_parallel_size=4,
+        gpu_memory_utilization=0.5,
+        max_model_len=2048,
+        enforce_eager=True,
+    )
     args = model_args("/m", settings)
-    assert args == {"pretrained": "/m", "dtype": "float16", "batch_size": "auto", "generation_config": "vllm",
-                    "tensor_parallel_size": 2, "data_parallel_size": 4, "gpu_memory_utilization": 0.5,
-                    "max_model_len": 2048, "enforce_eager": True}
+    assert args == {
+        "pretrained": "/m",
+        "dtype": "float16",
+        "batch_size": "auto",
+        "generation_config": "vllm",
+        "tensor_parallel_size": 2,
+        "data_parallel_size": 4,
+        "gpu_memory_utilization": 0.5,
+        "max_model_len": 2048,
+        "enforce_eager": True,
+    }
     # Read the signature from lm-eval's source: importing it needs vLLM, which this env may lack.
     source = Path(importlib.util.find_spec("lm_eval.models").submodule_search_locations[0]) / "vllm_causallms.py"
     tree = ast.parse(source.read_text())
-    init = next(n for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "VLLM"
-                for n in c.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    init = next(
+        n
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef) and c.name == "VLLM"
+        for n in c.body
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    )
     named = {a.arg for a in init.args.args}
     assert {"pretrained", "dtype", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_model_len"} <= named
     assert init.args.kwarg is not None  # gpu_memory_utilization, enforce_eager, generation_config: on to vllm.LLM
@@ -136,7 +200,11 @@ def test_hf_model_args_follow_lm_eval_s_defaults_and_sharding():
     from mergekit_reasoning.bench.engines import engine_settings, model_args
 
     assert model_args("/m", engine_settings("hf", "auto", "auto", "cpu")) == {
-        "pretrained": "/m", "dtype": "auto", "batch_size": 8, "device": "cpu"}
+        "pretrained": "/m",
+        "dtype": "auto",
+        "batch_size": 8,
+        "device": "cpu",
+    }
     sharded = model_args("/m", engine_settings("hf", "bfloat16", 16, "cuda", parallelize=True))
     assert sharded == {"pretrained": "/m", "dtype": "bfloat16", "batch_size": 16, "device": "cuda", "parallelize": True}
 
@@ -149,7 +217,12 @@ def test_a_pinned_hub_model_is_loaded_and_identified_at_its_revision(monkeypatch
     rev = "a09a35458c702b33eeacc393d103063234e8bc28"
     ref = f"Qwen/Qwen2.5-7B-Instruct@{rev}"
     assert model_args(ref, engine_settings("hf", "auto", 4, "cpu")) == {
-        "pretrained": "Qwen/Qwen2.5-7B-Instruct", "revision": rev, "dtype": "auto", "batch_size": 4, "device": "cpu"}
+        "pretrained": "Qwen/Qwen2.5-7B-Instruct",
+        "revision": rev,
+        "dtype": "auto",
+        "batch_size": 4,
+        "device": "cpu",
+    }
     vllm = model_args(ref, engine_settings("vllm", "auto", "auto", None))
     assert (vllm["pretrained"], vllm["revision"], vllm["tokenizer_revision"]) == ("Qwen/Qwen2.5-7B-Instruct", rev, rev)
     assert "revision" not in model_args("Qwen/Qwen2.5-7B-Instruct", engine_settings("hf", "auto", 4, "cpu"))
@@ -232,7 +305,9 @@ def test_a_changed_setting_never_reuses_an_old_score(scored, model, fixture_data
     assert wanted == ["m"]
 
 
-def test_a_crash_names_the_model_keeps_finished_units_and_a_rerun_resumes(scored, model, fixture_data, tmp_path, monkeypatch):
+def test_a_crash_names_the_model_keeps_finished_units_and_a_rerun_resumes(
+    scored, model, fixture_data, tmp_path, monkeypatch
+):
     from mergekit_reasoning.bench import run_bench
 
     out, doc = scored
@@ -267,13 +342,41 @@ def test_hf_data_parallel_command_under_accelerate_launch(scored, model, fixture
     from mergekit_reasoning.bench import run_bench
 
     out = tmp_path / "accel"
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or pytest.skip("no accelerate script")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or pytest.skip(
+        "no accelerate script"
+    )
     command = [
-        accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "mergekit_reasoning.cli", "bench", "--engine", "hf", "--model", f"m={model}", "--tasks", "sciq",
-        "--limit", "2", "--batch-size", "4", "--dtype", "float32", "--data-dir", str(fixture_data),
-        "--out", str(out), "--no-plots",
+        accelerate,
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "mergekit_reasoning.cli",
+        "bench",
+        "--engine",
+        "hf",
+        "--model",
+        f"m={model}",
+        "--tasks",
+        "sciq",
+        "--limit",
+        "2",
+        "--batch-size",
+        "4",
+        "--dtype",
+        "float32",
+        "--data-dir",
+        str(fixture_data),
+        "--out",
+        str(out),
+        "--no-plots",
     ]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -329,12 +432,27 @@ def test_vllm_engine_options_reach_vllm_llm(model, monkeypatch):
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(vllm_causallms, "LLM", recording_llm)
-    settings = engine_settings("vllm", "bfloat16", "auto", None, tensor_parallel_size=2,
-                               gpu_memory_utilization=0.5, max_model_len=1024, enforce_eager=True)
+    settings = engine_settings(
+        "vllm",
+        "bfloat16",
+        "auto",
+        None,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.5,
+        max_model_len=1024,
+        enforce_eager=True,
+    )
     with pytest.raises(BenchError, match="cannot load model 'm' from .*: RuntimeError: recorded"):
         make_lm("m", model, settings)
-    ours = {"model": model, "dtype": "bfloat16", "tensor_parallel_size": 2, "gpu_memory_utilization": 0.5,
-            "max_model_len": 1024, "enforce_eager": True, "generation_config": "vllm"}
+    ours = {
+        "model": model,
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.5,
+        "max_model_len": 1024,
+        "enforce_eager": True,
+        "generation_config": "vllm",
+    }
     assert {k: seen[k] for k in ours} == ours
     assert set(ours) <= {f.name for f in dataclasses.fields(EngineArgs)}
     if importlib.util.find_spec("ray") is None:  # lm-eval's data parallel path is taken, and asks for Ray
@@ -357,22 +475,35 @@ def test_both_engines_receive_identical_requests_and_greedy_answers_agree(model,
     for engine, options in (("hf", {}), ("vllm", {"enforce_eager": True})):
         cache = tmp_path / engine
         job = {
-            "label": "m", "ref": model, "engine": engine_settings(engine, "float32", "auto", None, **options),
-            "cache_dir": str(cache), "data_dir": str(fixture_data), "limit": 3, "max_gen_toks": 16,
+            "label": "m",
+            "ref": model,
+            "engine": engine_settings(engine, "float32", "auto", None, **options),
+            "cache_dir": str(cache),
+            "data_dir": str(fixture_data),
+            "limit": 3,
+            "max_gen_toks": 16,
             "log_samples": True,
-            "runs": [{"condition": {"prompt": prompt, "chat": chat},
-                      "units": [{"key": f"{prompt}-{chat}-{n}", "name": n} for n in names]}
-                     for prompt, chat in (("plain", False), ("think", True))],
+            "runs": [
+                {
+                    "condition": {"prompt": prompt, "chat": chat},
+                    "units": [{"key": f"{prompt}-{chat}-{n}", "name": n} for n in names],
+                }
+                for prompt, chat in (("plain", False), ("think", True))
+            ],
         }
         score_model(job)
-        outputs[engine] = {k: load_unit(cache, f"{k}") for k in
-                           [u["key"] for run in job["runs"] for u in run["units"]]}
+        outputs[engine] = {k: load_unit(cache, f"{k}") for k in [u["key"] for run in job["runs"] for u in run["units"]]}
     assert requests["hf"] and sorted(requests["hf"]) == sorted(requests["vllm"])
     assert {r[3] for r in requests["hf"]} == {"generate_until", "loglikelihood"}
 
     def answers(engine, kind):
-        return [row["resps"] for unit in outputs[engine].values() for task, rows in unit["samples"].items()
-                if (task == "mkr_sciq") == (kind == "choices") for row in rows]
+        return [
+            row["resps"]
+            for unit in outputs[engine].values()
+            for task, rows in unit["samples"].items()
+            if (task == "mkr_sciq") == (kind == "choices")
+            for row in rows
+        ]
 
     # Multiple choice: the log-likelihoods agree to float32 rounding, so every choice is the same.
     for a, b in zip(answers("hf", "choices"), answers("vllm", "choices")):
@@ -386,10 +517,30 @@ def test_bench_cli_with_vllm_scores_offline_with_the_same_table_layout(scored, m
     from mergekit_reasoning.cli import main
 
     out = tmp_path / "vllm"
-    result = CliRunner().invoke(main, ["bench", 
-        "--engine", "vllm", "--enforce-eager", "--model", f"m={model}", "--tasks", "sciq", "--limit", "2",
-        "--batch-size", "4", "--dtype", "float32", "--data-dir", str(fixture_data), "--out", str(out), "--no-plots",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--engine",
+            "vllm",
+            "--enforce-eager",
+            "--model",
+            f"m={model}",
+            "--tasks",
+            "sciq",
+            "--limit",
+            "2",
+            "--batch-size",
+            "4",
+            "--dtype",
+            "float32",
+            "--data-dir",
+            str(fixture_data),
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["engine"] == "vllm" and saved["settings"]["engine_options"] == {"enforce_eager": True}

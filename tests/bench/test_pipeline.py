@@ -33,8 +33,14 @@ def run(labelled, fixture_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench")
     doc = run_bench(
-        labelled, "gsm8k,humaneval,sciq,bbh", conditions="plain", out_dir=out,
-        data_dir=str(fixture_data), adversarial=True, log_samples=True, **FAST,
+        labelled,
+        "gsm8k,humaneval,sciq,bbh",
+        conditions="plain",
+        out_dir=out,
+        data_dir=str(fixture_data),
+        adversarial=True,
+        log_samples=True,
+        **FAST,
     )
     return out, doc
 
@@ -50,9 +56,14 @@ def test_scores_cover_every_model_condition_task_and_variant(run):
     bbh_subtasks = {s["subtask"] for s in doc["scores"] if s["task"] == "bbh" and s["subtask"]}
     assert len(bbh_subtasks) == 27
     metrics = {(s["task"], s["metric"], s["filter"]) for s in doc["scores"]}
-    assert {("gsm8k_cot", "exact_match", "strict-match"), ("gsm8k_cot", "exact_match", "flexible-extract"),
-            ("humaneval", "pass_at_1", "create_test"), ("sciq", "acc", "none"), ("sciq", "acc_norm", "none"),
-            ("bbh", "exact_match", "get-answer")} <= metrics
+    assert {
+        ("gsm8k_cot", "exact_match", "strict-match"),
+        ("gsm8k_cot", "exact_match", "flexible-extract"),
+        ("humaneval", "pass_at_1", "create_test"),
+        ("sciq", "acc", "none"),
+        ("sciq", "acc_norm", "none"),
+        ("bbh", "exact_match", "get-answer"),
+    } <= metrics
     for s in doc["scores"]:
         assert 0.0 <= s["value"] <= 1.0 and s["n"] >= 1
         assert s["stderr"] is None or s["stderr"] >= 0  # lm-eval gives none for single samples
@@ -96,15 +107,33 @@ def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_d
 
     jobs = spy_on_children(monkeypatch)
     args = [f"--model={k}={v}" for k, v in labelled.items() if k != "plus"]
-    args += ["--tasks", "sciq,humaneval", "--conditions", "plain,think+chat", "--out", str(out),
-             "--data-dir", str(fixture_data), "--limit", "1", "--max-gen-toks", "4", "--log-samples",
-             "--baseline", "minus", "--batch-size", "4", "--adversarial"]
+    args += [
+        "--tasks",
+        "sciq,humaneval",
+        "--conditions",
+        "plain,think+chat",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(fixture_data),
+        "--limit",
+        "1",
+        "--max-gen-toks",
+        "4",
+        "--log-samples",
+        "--baseline",
+        "minus",
+        "--batch-size",
+        "4",
+        "--adversarial",
+    ]
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 0, result.output
     assert "| minus | base | Δ base |" in result.output
     scored = [
         (tuple(u["name"] for u in r["units"]), r["condition"]["chat"], r["condition"]["prompt"] == "think")
-        for job in jobs for r in job["runs"]
+        for job in jobs
+        for r in job["runs"]
     ]
     assert len(jobs) == 2 and len(scored) == 2 and all(s[1] and s[2] for s in scored)
     assert all(set(s[0]) == {"mkr_sciq", "mkr_humaneval"} for s in scored)
@@ -116,7 +145,10 @@ def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_d
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "a=/nonexistent/model", "--tasks", "sciq"], "cannot load model 'a': /nonexistent/model is not a folder"),
+        (
+            ["--model", "a=/nonexistent/model", "--tasks", "sciq"],
+            "cannot load model 'a': /nonexistent/model is not a folder",
+        ),
         (["--model", "a=__TARGET__", "--tasks", "sciq,mmlu"], "unknown task 'mmlu'"),
         (["--model", "a__TARGET__", "--tasks", "sciq"], "--model expects LABEL=PATH_OR_HUB_ID"),
         (["--model", "a=__TARGET__", "--conditions", "loud"], "unknown condition 'loud'"),
@@ -133,7 +165,9 @@ def test_cli_errors_are_one_clear_line(args, message, trio, fixture_data, tmp_pa
 
 
 def test_missing_data_file_is_a_clear_error(trio, tmp_path):
-    result = CliRunner().invoke(main, ["bench", "--model", f"a={trio['target']}", "--tasks", "sciq", "--data-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["bench", "--model", f"a={trio['target']}", "--tasks", "sciq", "--data-dir", str(tmp_path)]
+    )
     assert result.exit_code != 0 and "missing data file:" in result.output and "sciq" in result.output
 
 

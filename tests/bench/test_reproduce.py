@@ -4,18 +4,15 @@ conditions, and the paper's reported deltas set beside the measured ones.
 Runs on the tiny random stand-ins and the fixture data: scores are junk, the plumbing is not.
 """
 
-import json
-
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from mergekit_reasoning.bench import BenchError
-from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.bench.paper import comparison_markdown, size_of
 from mergekit_reasoning.cli import main
-from mergekit_reasoning.testing.standins import retarget
+from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.shipped import recipes_dir
+from mergekit_reasoning.testing.standins import retarget
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
@@ -28,8 +25,11 @@ FAST = dict(limit=1, max_gen_toks=4, batch_size=4, progress=False)
 
 def _recipe(folder, trio, shipped="qwen1.5b_add.yml", **changes):
     """A shipped recipe pointed at the stand-ins, with top-level keys changed (None drops one)."""
-    data = retarget(yaml.safe_load((recipes_dir() / shipped).read_text()), str(trio["target"]),
-                    {"grpo": str(trio["grpo"]), "sft": str(trio["sft"])})
+    data = retarget(
+        yaml.safe_load((recipes_dir() / shipped).read_text()),
+        str(trio["target"]),
+        {"grpo": str(trio["grpo"]), "sft": str(trio["sft"])},
+    )
     for key, value in changes.items():
         if value is None:
             data.pop(key, None)
@@ -46,6 +46,7 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         from mergekit_reasoning.executor import stream
+
         from .spies import spy_on_children
 
         self.merges, self.jobs = [], spy_on_children(monkeypatch)
@@ -86,8 +87,14 @@ def reproduced(trio, fixture_data, tmp_path_factory):
         calls.clear()
         # A rerun, and the subtracting recipe (λ = −1) on the same folder: ±1 are already merged and scored.
         again = reproduce(recipe, out, tasks=TASKS, data_dir=str(fixture_data), paper_size="1.5B", **FAST)
-        sub = reproduce(_recipe(root / "recipes", trio, "qwen1.5b_sub.yml"), out, tasks=TASKS,
-                        data_dir=str(fixture_data), paper_size="1.5B", **FAST)
+        sub = reproduce(
+            _recipe(root / "recipes", trio, "qwen1.5b_sub.yml"),
+            out,
+            tasks=TASKS,
+            data_dir=str(fixture_data),
+            paper_size="1.5B",
+            **FAST,
+        )
         rerun = (list(calls.merges), list(calls.scores))
     return dict(out=out, doc=doc, first=first, rerun=rerun, again=again, sub=sub, recipe=recipe)
 
@@ -105,13 +112,18 @@ def test_merges_plus_and_minus_in_one_pass_and_scores_three_models_under_both_co
     # One lm-eval run per model and condition (the donor: think only); the think runs carry the instruction.
     assert len(scores) == 7 and sum(1 for s in scores if s[1]) == 4
     assert [s[1] for s in scores if s[0] == str(trio["grpo"])] == ["Think step by step, then give the final answer."]
-    assert all(set(s[2]) == {"mkr_gsm8k_cot", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_bbh_cot_fewshot_navigate"}
-               for s in scores)
+    assert all(
+        set(s[2]) == {"mkr_gsm8k_cot", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_bbh_cot_fewshot_navigate"} for s in scores
+    )
     units = {(s["label"], s["condition"], s["task"], s["variant"]) for s in doc["scores"]}
     for label in ("base", "+v", "-v", "G+T"):
         for cond in ("plain", "think"):
-            for task, variant in (("gsm8k_cot", "plain"), ("gsm8k_cot", "adversarial"), ("sciq", "plain"),
-                                  ("bbh_navigate", "plain")):
+            for task, variant in (
+                ("gsm8k_cot", "plain"),
+                ("gsm8k_cot", "adversarial"),
+                ("sciq", "plain"),
+                ("bbh_navigate", "plain"),
+            ):
                 assert ((label, cond, task, variant) in units) == (label != "G+T" or cond == "think")
     settings = doc["settings"]
     assert settings["baseline"] == "base" and settings["adversarial"] is True
@@ -120,7 +132,9 @@ def test_merges_plus_and_minus_in_one_pass_and_scores_three_models_under_both_co
     summary, abstract = "Papers Explained 488: Reasoning Vectors, 2025-11-07", "arXiv:2509.01363 abstract"
     assert settings["reproduce"]["donor"] == "G+T"
     assert settings["reproduce"]["paper"] == {
-        "source": "arXiv:2509.01363", "size": "1.5B", "target": "Qwen/Qwen2.5-1.5B-Instruct",
+        "source": "arXiv:2509.01363",
+        "size": "1.5B",
+        "target": "Qwen/Qwen2.5-1.5B-Instruct",
         "figures": [
             {"direction": "+v", "dataset": "gsm8k", "prompt": "plain", "delta": 2.6, "source": summary},
             {"direction": "+v", "dataset": "humaneval", "prompt": "plain", "delta": 2.2, "source": summary},
@@ -150,8 +164,10 @@ def test_plus_and_minus_are_the_target_plus_and_minus_the_vector(reproduced, tri
         assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], target["model.layers.0.mlp.up_proj.weight"])
 
 
-HEAD = ("| task | variant | condition | n | base | +v | Δ +v | Δ +v vs plain base | paper Δ +v "
-        "| -v | Δ -v | Δ -v vs plain base | paper Δ -v | G+T | Δ G+T vs plain base | source |")
+HEAD = (
+    "| task | variant | condition | n | base | +v | Δ +v | Δ +v vs plain base | paper Δ +v "
+    "| -v | Δ -v | Δ -v vs plain base | paper Δ -v | G+T | Δ G+T vs plain base | source |"
+)
 
 
 def test_table_sets_the_paper_beside_the_measured_deltas(reproduced):
@@ -160,24 +176,30 @@ def test_table_sets_the_paper_beside_the_measured_deltas(reproduced):
     assert lines[0] == "# Reproduction of arXiv:2509.01363"
     assert "## Against the paper (arXiv:2509.01363, Qwen2.5-1.5B)" in lines
     assert HEAD in lines
-    row = next(l for l in lines if l.startswith("| gsm8k_cot | plain | plain |"))
+    row = next(line for line in lines if line.startswith("| gsm8k_cot | plain | plain |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Plain prompt: the summary's +Vector figure; the abstract's −11.8 with its condition unstated (*).
     assert cells[8] == "+2.6" and cells[12] == "-11.8*" and cells[15] == "[S], [A]"
     assert cells[6].startswith(("+", "-")) and cells[10].startswith(("+", "-"))  # our Δ, in points
     assert cells[7] == cells[6] and cells[11] == cells[10]  # under the plain prompt both Δ agree
     assert cells[13] == cells[14] == "–"  # the donor is scored with the think prompt only
-    think = [c.strip() for c in next(l for l in lines if l.startswith("| gsm8k_cot | plain | think |"))
-             .strip("|").split("|")]
+    think = [
+        c.strip()
+        for c in next(line for line in lines if line.startswith("| gsm8k_cot | plain | think |")).strip("|").split("|")
+    ]
     assert think[8] == "+4.9" and think[12] == "-11.8*"  # +Vector+Think: where +4.9 belongs
     assert think[13] != "–" and think[14].startswith(("+", "-"))  # G+T, against base under the plain prompt
-    sciq = next(l for l in lines if l.startswith("| sciq | plain | plain |"))
+    sciq = next(line for line in lines if line.startswith("| sciq | plain | plain |"))
     cells = [c.strip() for c in sciq.strip("|").split("|")]
     assert cells[8] == "+1.7*" and cells[12] == "—" and cells[15] == "[A]"
     # The paper gives no figure for distractors, or for one BBH subtask alone.
-    for prefix in ("| gsm8k_cot | adversarial | plain |", "| gsm8k_cot | adversarial | think |",
-                   "| bbh_navigate | plain | plain |", "| bbh_navigate | plain | think |"):
-        cells = [c.strip() for c in next(l for l in lines if l.startswith(prefix)).strip("|").split("|")]
+    for prefix in (
+        "| gsm8k_cot | adversarial | plain |",
+        "| gsm8k_cot | adversarial | think |",
+        "| bbh_navigate | plain | plain |",
+        "| bbh_navigate | plain | think |",
+    ):
+        cells = [c.strip() for c in next(line for line in lines if line.startswith(prefix)).strip("|").split("|")]
         assert cells[8] == cells[12] == cells[15] == "—" and cells[6] != "—", cells
     assert "Sources: [S] Papers Explained 488: Reasoning Vectors, 2025-11-07; [A] arXiv:2509.01363 abstract." in table
     # Then every score, as bench writes it, with the split each came from.
@@ -199,60 +221,161 @@ def _document(values, size_tasks=("gsm8k_cot", "humaneval", "sciq", "bbh")):
     scores = []
     for (label, task, cond, variant), value in values.items():
         metric, filt = PRIMARY[task]
-        scores.append({"label": label, "condition": cond, "task": task, "variant": variant, "subtask": None,
-                       "n": 10, "metric": metric, "filter": filt, "value": value, "stderr": 0.01})
+        scores.append(
+            {
+                "label": label,
+                "condition": cond,
+                "task": task,
+                "variant": variant,
+                "subtask": None,
+                "n": 10,
+                "metric": metric,
+                "filter": filt,
+                "value": value,
+                "stderr": 0.01,
+            }
+        )
     labels = dict.fromkeys(label for label, *_ in values)
     return {"settings": {"baseline": "base"}, "models": {label: {} for label in labels}, "scores": scores}
 
 
 def _rows(markdown):
-    return {tuple(c.strip() for c in l.strip("|").split("|"))[:3]: [c.strip() for c in l.strip("|").split("|")]
-            for l in markdown.splitlines() if l.startswith("| ") and not l.startswith("| task")}
+    return {
+        tuple(c.strip() for c in line.strip("|").split("|"))[:3]: [c.strip() for c in line.strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("| ") and not line.startswith("| task")
+    }
 
 
 def test_comparison_layout_with_known_values():
     values = {}
-    for task, base, plus, minus in (("gsm8k_cot", 0.50, 0.55, 0.40), ("humaneval", 0.30, 0.32, 0.30),
-                                    ("sciq", 0.90, 0.905, 0.88), ("bbh", 0.20, 0.35, 0.10)):
+    for task, base, plus, minus in (
+        ("gsm8k_cot", 0.50, 0.55, 0.40),
+        ("humaneval", 0.30, 0.32, 0.30),
+        ("sciq", 0.90, 0.905, 0.88),
+        ("bbh", 0.20, 0.35, 0.10),
+    ):
         # Under the think prompt every model scores 2 points more, and the donor 1 point below +v.
         for cond, bump in (("plain", 0.0), ("think", 0.02)):
-            values.update({("base", task, cond, "plain"): base + bump, ("+v", task, cond, "plain"): plus + bump,
-                           ("-v", task, cond, "plain"): minus + bump})
+            values.update(
+                {
+                    ("base", task, cond, "plain"): base + bump,
+                    ("+v", task, cond, "plain"): plus + bump,
+                    ("-v", task, cond, "plain"): minus + bump,
+                }
+            )
         values[("G+T", task, "think", "plain")] = plus + 0.01
-    values.update({("base", "gsm8k_cot", "plain", "adversarial"): 0.4, ("+v", "gsm8k_cot", "plain", "adversarial"): 0.5,
-                   ("-v", "gsm8k_cot", "plain", "adversarial"): 0.1})
+    values.update(
+        {
+            ("base", "gsm8k_cot", "plain", "adversarial"): 0.4,
+            ("+v", "gsm8k_cot", "plain", "adversarial"): 0.5,
+            ("-v", "gsm8k_cot", "plain", "adversarial"): 0.1,
+        }
+    )
     text = comparison_markdown(_document(values), "1.5B", {"+v": "+v", "-v": "-v"}, donor="G+T")
     rows = _rows(text)
     assert HEAD in text.splitlines()
     # columns: n, base, +v, Δ +v, Δ +v vs plain base, paper, -v, Δ -v, Δ -v vs plain base, paper, G+T, Δ G+T, source
     assert rows[("gsm8k_cot", "plain", "plain")] == [
-        "gsm8k_cot", "plain", "plain", "10", "50.0 ± 1.0", "55.0 ± 1.0", "+5.0", "+5.0", "+2.6",
-        "40.0 ± 1.0", "-10.0", "-10.0", "-11.8*", "–", "–", "[S], [A]"]
+        "gsm8k_cot",
+        "plain",
+        "plain",
+        "10",
+        "50.0 ± 1.0",
+        "55.0 ± 1.0",
+        "+5.0",
+        "+5.0",
+        "+2.6",
+        "40.0 ± 1.0",
+        "-10.0",
+        "-10.0",
+        "-11.8*",
+        "–",
+        "–",
+        "[S], [A]",
+    ]
     # Think rows: Δ against base under the same prompt, then against base under the plain prompt (the paper's way).
     assert rows[("gsm8k_cot", "plain", "think")] == [
-        "gsm8k_cot", "plain", "think", "10", "52.0 ± 1.0", "57.0 ± 1.0", "+5.0", "+7.0", "+4.9",
-        "42.0 ± 1.0", "-10.0", "-8.0", "-11.8*", "56.0 ± 1.0", "+6.0", "[S], [A]"]
-    assert rows[("humaneval", "plain", "plain")][6:] == ["+2.0", "+2.0", "+2.2", "30.0 ± 1.0", "+0.0", "+0.0", "—",
-                                                         "–", "–", "[S]"]
+        "gsm8k_cot",
+        "plain",
+        "think",
+        "10",
+        "52.0 ± 1.0",
+        "57.0 ± 1.0",
+        "+5.0",
+        "+7.0",
+        "+4.9",
+        "42.0 ± 1.0",
+        "-10.0",
+        "-8.0",
+        "-11.8*",
+        "56.0 ± 1.0",
+        "+6.0",
+        "[S], [A]",
+    ]
+    assert rows[("humaneval", "plain", "plain")][6:] == [
+        "+2.0",
+        "+2.0",
+        "+2.2",
+        "30.0 ± 1.0",
+        "+0.0",
+        "+0.0",
+        "—",
+        "–",
+        "–",
+        "[S]",
+    ]
     assert rows[("humaneval", "plain", "think")][6:9] == ["+2.0", "+4.0", "+4.3"]
-    assert rows[("sciq", "plain", "plain")][6:] == ["+0.5", "+0.5", "+1.7*", "88.0 ± 1.0", "-2.0", "-2.0", "—",
-                                                    "–", "–", "[A]"]
+    assert rows[("sciq", "plain", "plain")][6:] == [
+        "+0.5",
+        "+0.5",
+        "+1.7*",
+        "88.0 ± 1.0",
+        "-2.0",
+        "-2.0",
+        "—",
+        "–",
+        "–",
+        "[A]",
+    ]
     assert rows[("sciq", "plain", "think")][8] == "+1.7*"  # condition not stated: beside both prompts
     assert rows[("bbh", "plain", "plain")][6:9] == ["+15.0", "+15.0", "+12.3"]
     assert rows[("bbh", "plain", "think")][6:9] == ["+15.0", "+17.0", "+12.3"]
-    assert rows[("gsm8k_cot", "adversarial", "plain")][6:] == ["+10.0", "+10.0", "—", "10.0 ± 1.0", "-30.0", "-30.0",
-                                                               "—", "–", "–", "—"]
+    assert rows[("gsm8k_cot", "adversarial", "plain")][6:] == [
+        "+10.0",
+        "+10.0",
+        "—",
+        "10.0 ± 1.0",
+        "-30.0",
+        "-30.0",
+        "—",
+        "–",
+        "–",
+        "—",
+    ]
     # 7B: one figure, GSM8K +5.0 with the vector and the think prompt; nothing under the plain prompt.
-    rows = _rows(comparison_markdown(_document(values), "7B", {"+v": "+v", "-v": "-v"}, donor="G+T",
-                                     target="allenai/OLMo-2-1124-7B@7df9a82518afdecae4e8c026b27adccc8c1f0032"))
+    rows = _rows(
+        comparison_markdown(
+            _document(values),
+            "7B",
+            {"+v": "+v", "-v": "-v"},
+            donor="G+T",
+            target="allenai/OLMo-2-1124-7B@7df9a82518afdecae4e8c026b27adccc8c1f0032",
+        )
+    )
     assert rows[("gsm8k_cot", "plain", "think")][8] == "+5.0" and rows[("gsm8k_cot", "plain", "think")][12] == "—"
     assert all(r[8] == r[12] == "—" for key, r in rows.items() if key != ("gsm8k_cot", "plain", "think"))
     text = comparison_markdown(_document(values), "7B", {"+v": "+v", "-v": "-v"}, target="allenai/OLMo-2-1124-7B")
-    assert ("The paper's figures are for the target Qwen/Qwen2.5-7B-Instruct; this recipe's target is "
-            "allenai/OLMo-2-1124-7B.") in text
+    assert (
+        "The paper's figures are for the target Qwen/Qwen2.5-7B-Instruct; this recipe's target is "
+        "allenai/OLMo-2-1124-7B."
+    ) in text
     assert "this recipe's target" not in comparison_markdown(
-        _document(values), "7B", {"+v": "+v", "-v": "-v"},
-        target="Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28")
+        _document(values),
+        "7B",
+        {"+v": "+v", "-v": "-v"},
+        target="Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28",
+    )
     # A size the paper gives no figures for: the measured columns stay, every paper cell is —.
     for size in (None, "13B"):
         text = comparison_markdown(_document(values), size, {"+v": "+v", "-v": "-v"})
@@ -270,7 +393,8 @@ def test_model_size_is_read_from_the_target_name():
 def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
     """Whatever run_bench accepts (engine, dtype, parallel sizes ...) reaches it unchanged;
     the merge keeps the recipe's dtype."""
-    from mergekit_reasoning.bench import reproduce as module, runner, sweep
+    from mergekit_reasoning.bench import reproduce as module
+    from mergekit_reasoning.bench import runner, sweep
     from mergekit_reasoning.bench.conditions import Condition
 
     seen = {}
@@ -288,12 +412,25 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "merge_lambdas", merge_lambdas)
     monkeypatch.setattr(runner, "run_bench", run_bench)
     recipe = _recipe(tmp_path / "r", trio, parameters={"lambda": -0.5})
-    module.reproduce(recipe, tmp_path / "o", tasks="sciq", engine="vllm", dtype="float16",
-                     tensor_parallel_size=2, limit=3, device="cuda:1")
+    module.reproduce(
+        recipe,
+        tmp_path / "o",
+        tasks="sciq",
+        engine="vllm",
+        dtype="float16",
+        tensor_parallel_size=2,
+        limit=3,
+        device="cuda:1",
+    )
     assert seen["merge"] == ([0.5, -0.5], "bfloat16")
     got = seen["bench"]
     assert {k: got[k] for k in ("engine", "dtype", "tensor_parallel_size", "limit", "device")} == {
-        "engine": "vllm", "dtype": "float16", "tensor_parallel_size": 2, "limit": 3, "device": "cuda:1"}
+        "engine": "vllm",
+        "dtype": "float16",
+        "tensor_parallel_size": 2,
+        "limit": 3,
+        "device": "cuda:1",
+    }
     assert got["conditions"] == "plain,think" and got["adversarial"] is True and got["baseline"] == "base"
     assert seen["models"]["G+T"] == str(trio["grpo"]) and got["model_conditions"] == {"G+T": [Condition("think")]}
     assert (tmp_path / "o" / "table.md").read_text().startswith("# Reproduction of arXiv:2509.01363")
@@ -323,7 +460,9 @@ def test_engine_options_pass_through_to_run_bench(trio, tmp_path, monkeypatch):
         ({}, ["--data-dir", "EMPTY"], "missing data file:"),
     ],
 )
-def test_bad_input_is_one_clear_line_before_anything_is_merged(recipe_changes, args, message, trio, fixture_data, tmp_path):
+def test_bad_input_is_one_clear_line_before_anything_is_merged(
+    recipe_changes, args, message, trio, fixture_data, tmp_path
+):
     if recipe_changes is None:
         recipe = tmp_path / "nope.yml"
     else:
@@ -331,9 +470,13 @@ def test_bad_input_is_one_clear_line_before_anything_is_merged(recipe_changes, a
         if models == "VECTOR":
             recipe_changes["models"] = [{"model": str(trio["grpo"]), "parameters": {"role": "vector"}}]
         elif models == "TWO_GRPO":
-            recipe_changes["models"] = [{"model": str(trio[r]), "parameters": {"role": "grpo"}} for r in ("grpo", "sft")]
+            recipe_changes["models"] = [
+                {"model": str(trio[r]), "parameters": {"role": "grpo"}} for r in ("grpo", "sft")
+            ]
         elif models == "DONOR_LAMBDA":
-            recipe_changes["models"] = [{"model": str(trio[r]), "parameters": {"role": r, "lambda": 1.0}} for r in ("grpo", "sft")]
+            recipe_changes["models"] = [
+                {"model": str(trio[r]), "parameters": {"role": r, "lambda": 1.0}} for r in ("grpo", "sft")
+            ]
         recipe = _recipe(tmp_path / "recipes", trio, **recipe_changes)
     (tmp_path / "empty").mkdir()
     args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]

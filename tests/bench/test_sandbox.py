@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_reasoning.bench.sandbox import rpc as sandbox_rpc
-from mergekit_reasoning.bench.sandbox import check_program as check_with, isolation
+from mergekit_reasoning.bench.sandbox import check_program as check_with
+from mergekit_reasoning.bench.sandbox import isolation
 from mergekit_reasoning.bench.tasks import mkr_hooks as hooks
 
 pytestmark = pytest.mark.skipif(
@@ -160,8 +160,9 @@ CLAIMS = {
     "lead_traceback_forgery": LEAD_FORGERY,
     "frame_walk_from_the_program": FRAME_WALK + "_forge(sys._getframe())\n",
     "frame_walk_from_the_call": FRAME_WALK + "def add(a, b):\n    _forge(sys._getframe())\n",
-    "frame_walk_from_a_signal_handler": FRAME_WALK + "import signal\nsignal.signal(signal.SIGALRM, lambda n, f: _forge(f))\n"
-                                        "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n",
+    "frame_walk_from_a_signal_handler": FRAME_WALK
+    + "import signal\nsignal.signal(signal.SIGALRM, lambda n, f: _forge(f))\n"
+    "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n",
     "gc_walk_for_token": "import gc\nleak = [o for o in gc.get_objects()]\n",
     "ctypes": "import ctypes\n",
     "tracing": "import sys\nsys.settrace(lambda *a: None)\n",
@@ -173,13 +174,13 @@ CLAIMS = {
     "kill_own_group": "import os, signal\nos.killpg(0, signal.SIGKILL)\n",
     "kill_every_process_in_sight": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
     "object_equal_to_everything": "class Yes:\n    def __eq__(self, other):\n        return True\n"
-                                  "def add(a, b):\n    return Yes()\n",
+    "def add(a, b):\n    return Yes()\n",
     "str_and_int_equal_to_everything": "class S(str):\n    __eq__ = lambda self, other: True\n"
-                                       "class I(int):\n    __eq__ = lambda self, other: True\n"
-                                       "def add(a, b):\n    return (S('x'), I(7))[b % 2]\n",
+    "class I(int):\n    __eq__ = lambda self, other: True\n"
+    "def add(a, b):\n    return (S('x'), I(7))[b % 2]\n",
     "redefine_a_builtin_the_test_uses": "import builtins\nbuiltins.AssertionError = SystemExit\n",
     "right_once_then_exit_mid_test": "import os\ncalls = []\ndef add(a, b):\n    calls.append(1)\n"
-                                     "    if len(calls) > 1:\n        os._exit(0)\n    return a + b\n",
+    "    if len(calls) > 1:\n        os._exit(0)\n    return a + b\n",
     "exit_before_replying": "import os\ndef add(a, b):\n    os._exit(0)\n",
     "exit_0_in_the_call": "def add(a, b):\n    exit(0)\n",
     "returns_a_huge_list": "def add(a, b):\n    return [a + b] * 10**6\n",
@@ -207,8 +208,10 @@ def test_the_lead_forgery_reaches_nothing_now():
 
 # A reply forged by the program inside the call (right call id, its own bytes), answering
 # a test that accepts any reply at all: each would pass if the checker took it.
-FORGE = "import os, sys\ndef add(a, b):\n    f = sys._getframe(1).f_locals\n    data = {text!r}.replace('ID', str(f['call_id'])).encode()\n" \
-        "    os.write(f['reply_fd'], {header} + data)\n    return a - b\n"
+FORGE = (
+    "import os, sys\ndef add(a, b):\n    f = sys._getframe(1).f_locals\n    data = {text!r}.replace('ID', str(f['call_id'])).encode()\n"
+    "    os.write(f['reply_fd'], {header} + data)\n    return a - b\n"
+)
 ANY_REPLY = "def check(candidate):\n    candidate(2, 3)\n"
 FORGED = {
     "nested_past_the_cap": "(ID, 'return', " + "[" * 100 + "5" + "]" * 100 + ")",
@@ -255,8 +258,13 @@ def test_a_call_that_hangs_is_ended_at_the_deadline():
 
 def test_a_checker_that_hangs_is_ended_from_outside():
     # A test that never returns stands for a checker stuck for any reason: the harness kills it.
-    out = check_program(PROMPT + RIGHT, test="def check(candidate):\n    while True:\n        pass\n", timeout=1.5,
-                        memory_mb=256, max_procs=16)
+    out = check_program(
+        PROMPT + RIGHT,
+        test="def check(candidate):\n    while True:\n        pass\n",
+        timeout=1.5,
+        memory_mb=256,
+        max_procs=16,
+    )
     assert not out.passed and out.status == "timeout" and "harness's deadline" in out.report
     assert_nothing_left()
 
@@ -282,11 +290,14 @@ def test_every_harmless_trick_with_a_correct_answer_still_scores_1():
     assert_nothing_left()
 
 
-@pytest.mark.parametrize("name, code", [
-    ("fifo", "import os\nos.mkfifo('stderr')\nos.mkfifo('stdout')\n"),
-    ("folder", "import os\nos.mkdir('stderr')\n"),
-    ("symlink_to_environ", "import os\nos.symlink('/proc/self/environ', 'stderr')\n"),
-])
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("fifo", "import os\nos.mkfifo('stderr')\nos.mkfifo('stdout')\n"),
+        ("folder", "import os\nos.mkdir('stderr')\n"),
+        ("symlink_to_environ", "import os\nos.symlink('/proc/self/environ', 'stderr')\n"),
+    ],
+)
 def test_files_in_its_folder_cannot_touch_the_harness(name, code):
     out = check_program(PROMPT + WRONG + code, TEST, **SMALL)
     assert not out.passed and out.status == "failed"
@@ -307,8 +318,10 @@ def test_lone_surrogate_in_a_completion_scores_0_without_raising():
 
 
 def test_deadline_is_enforced_from_outside():
-    code = "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nfor _ in range(3):\n" \
-           "    if os.fork() == 0:\n        break\nwhile True:\n    pass\n"
+    code = (
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nfor _ in range(3):\n"
+        "    if os.fork() == 0:\n        break\nwhile True:\n    pass\n"
+    )
     out = check_program(PROMPT + RIGHT + code, timeout=1.5, memory_mb=256, max_procs=16)
     assert not out.passed and out.status == "timeout"  # the program never ends by itself: the harness ended it
     assert_nothing_left()
@@ -316,10 +329,12 @@ def test_deadline_is_enforced_from_outside():
 
 def test_memory_limit_covers_the_whole_tree():
     # Four children of 100 MB each: fine per process under 256 MB, too much for the tree.
-    fork4 = "import os\nkids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n" \
-            "        b = bytearray({mb} * 2**20)\n        for i in range(0, len(b), 4096): b[i] = 1\n" \
-            "        import time; time.sleep(1); os._exit(0)\n    kids.append(pid)\n" \
-            "assert all(os.waitpid(k, 0)[1] == 0 for k in kids)\n"
+    fork4 = (
+        "import os\nkids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        b = bytearray({mb} * 2**20)\n        for i in range(0, len(b), 4096): b[i] = 1\n"
+        "        import time; time.sleep(1); os._exit(0)\n    kids.append(pid)\n"
+        "assert all(os.waitpid(k, 0)[1] == 0 for k in kids)\n"
+    )
     out = check_program(PROMPT + RIGHT + fork4.format(mb=100), TEST, **SMALL)
     assert not out.passed and within(out, 256)
     control = check_program(PROMPT + RIGHT + fork4.format(mb=30), TEST, **SMALL)
@@ -329,24 +344,30 @@ def test_memory_limit_covers_the_whole_tree():
 
 @pytest.mark.parametrize("where", ["/dev/shm", "/tmp", "."])
 def test_memory_limit_covers_files_in_memory(where):
-    code = f"import os\nf = open(os.path.join({where!r}, 'fill'), 'wb')\nfor _ in range(30):\n" \
-           "    f.write(b'x' * 15 * 2**20)\n    f.flush()\n"
+    code = (
+        f"import os\nf = open(os.path.join({where!r}, 'fill'), 'wb')\nfor _ in range(30):\n"
+        "    f.write(b'x' * 15 * 2**20)\n    f.flush()\n"
+    )
     out = check_program(PROMPT + RIGHT + code, TEST, memory_mb=256, max_procs=16, max_file_mb=1024)
     assert not out.passed and within(out, 256)
 
 
 def test_memfds_count_against_the_limit():
-    code = "import os, mmap\nkeep = []\nfor i in range(30):\n    fd = os.memfd_create('m')\n" \
-           "    os.ftruncate(fd, 15 * 2**20)\n    m = mmap.mmap(fd, 15 * 2**20)\n" \
-           "    for j in range(0, 15 * 2**20, 4096): m[j] = 1\n    keep.append(m)\n"
+    code = (
+        "import os, mmap\nkeep = []\nfor i in range(30):\n    fd = os.memfd_create('m')\n"
+        "    os.ftruncate(fd, 15 * 2**20)\n    m = mmap.mmap(fd, 15 * 2**20)\n"
+        "    for j in range(0, 15 * 2**20, 4096): m[j] = 1\n    keep.append(m)\n"
+    )
     out = check_program(PROMPT + RIGHT + code, TEST, **SMALL)
     assert not out.passed and within(out, 256)
 
 
 def test_process_count_covers_the_whole_tree():
-    code = "import os, sys, time\nn = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n" \
-           "            time.sleep(30)\n            os._exit(0)\n        n += 1\n    except OSError:\n        break\n" \
-           "sys.stderr.write(f'forked {n}\\n')\n"
+    code = (
+        "import os, sys, time\nn = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(30)\n            os._exit(0)\n        n += 1\n    except OSError:\n        break\n"
+        "sys.stderr.write(f'forked {n}\\n')\n"
+    )
     out = check_program(PROMPT + WRONG + code, TEST, **SMALL)
     forked = int(out.stderr.split("forked ")[1].split()[0])
     assert not out.passed and forked < 16
@@ -356,9 +377,11 @@ def test_process_count_covers_the_whole_tree():
 def test_nothing_written_survives(tmp_path):
     name = f"mkr-sandbox-test-{os.getpid()}-{time.monotonic_ns()}"
     places = ["/tmp", "/var/tmp", "/dev/shm", str(tmp_path), str(Path.home())]
-    code = "import os\nfor d in {places!r}:\n    try:\n        open(os.path.join(d, {name!r}), 'w').write('x')\n" \
-           "    except OSError:\n        pass\nfrom multiprocessing import shared_memory\n" \
-           "shared_memory.SharedMemory(name={name!r} + '-shm', create=True, size=2**20)\n"
+    code = (
+        "import os\nfor d in {places!r}:\n    try:\n        open(os.path.join(d, {name!r}), 'w').write('x')\n"
+        "    except OSError:\n        pass\nfrom multiprocessing import shared_memory\n"
+        "shared_memory.SharedMemory(name={name!r} + '-shm', create=True, size=2**20)\n"
+    )
     assert score(RIGHT + code.format(places=places, name=name)) == 1.0
     assert not [d for d in places if os.path.exists(os.path.join(d, name))]
     assert not os.path.exists(f"/dev/shm/{name}-shm")
@@ -382,9 +405,11 @@ def test_no_network_tcp_or_unix_socket(tmp_path):
     os.chmod(tmp_path / "s", 0o777)
     unix.listen(1)
     port = tcp.getsockname()[1]
-    code = "import socket\nfor family, address in ((socket.AF_INET, ('127.0.0.1', {port})), (socket.AF_UNIX, {path!r})):\n" \
-           "    try:\n        s = socket.socket(family)\n        s.settimeout(2)\n        s.connect(address)\n" \
-           "        s.sendall(b'hi')\n        add = lambda a, b: a + b\n    except OSError:\n        pass\n"
+    code = (
+        "import socket\nfor family, address in ((socket.AF_INET, ('127.0.0.1', {port})), (socket.AF_UNIX, {path!r})):\n"
+        "    try:\n        s = socket.socket(family)\n        s.settimeout(2)\n        s.connect(address)\n"
+        "        s.sendall(b'hi')\n        add = lambda a, b: a + b\n    except OSError:\n        pass\n"
+    )
     try:
         assert score(WRONG + code.format(port=port, path=str(tmp_path / "s"))) == 0.0
         for server in (tcp, unix):
@@ -397,8 +422,10 @@ def test_no_network_tcp_or_unix_socket(tmp_path):
 
 
 def test_two_scorings_side_by_side_do_not_interfere():
-    bomb = "import os, time\nt = time.monotonic()\nwhile time.monotonic() - t < 3:\n    try:\n        os.fork()\n" \
-           "    except OSError:\n        time.sleep(0.01)\n"
+    bomb = (
+        "import os, time\nt = time.monotonic()\nwhile time.monotonic() - t < 3:\n    try:\n        os.fork()\n"
+        "    except OSError:\n        time.sleep(0.01)\n"
+    )
     hog = "b = bytearray(200 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(3)\n"
     results = {}
 

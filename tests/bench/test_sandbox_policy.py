@@ -9,14 +9,18 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_reasoning.bench import sandbox
-from mergekit_reasoning.cli import main
 from mergekit_reasoning.bench.report import markdown_table
+from mergekit_reasoning.cli import main
 
 PROMPT = 'def add(a, b):\n    """The sum."""\n'
 PROGRAM = PROMPT + "    return a + b\n"
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
-NOTHING = sandbox.Isolation(bwrap=None, cgroup=None, private_uid=False,
-                            missing=("bubblewrap (not installed)", "aggregate memory and process limits (no cgroup)"))
+NOTHING = sandbox.Isolation(
+    bwrap=None,
+    cgroup=None,
+    private_uid=False,
+    missing=("bubblewrap (not installed)", "aggregate memory and process limits (no cgroup)"),
+)
 
 
 @pytest.fixture
@@ -36,8 +40,10 @@ def test_without_opt_in_scoring_stops_with_one_line_naming_what_is_missing(bare_
 
 
 def test_cli_stops_before_loading_anything(bare_host, tmp_path):
-    result = CliRunner().invoke(main, ["bench", "--model", f"a={tmp_path / 'no-such-model'}", "--tasks", "humaneval",
-                                        "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--model", f"a={tmp_path / 'no-such-model'}", "--tasks", "humaneval", "--out", str(tmp_path / "out")],
+    )
     assert result.exit_code != 0
     assert "full sandbox isolation" in result.output and "no-such-model" not in result.output
     assert not (tmp_path / "out").exists()
@@ -52,8 +58,11 @@ def test_with_opt_in_weak_isolation_still_scores_honestly(bare_host):
 
 
 def test_the_table_shows_the_isolation():
-    doc = {"models": {"a": {}}, "scores": [],
-           "settings": {"baseline": "a", "data_source": "local", "limit": None, "sandbox": NOTHING.describe()}}
+    doc = {
+        "models": {"a": {}},
+        "scores": [],
+        "settings": {"baseline": "a", "data_source": "local", "limit": None, "sandbox": NOTHING.describe()},
+    }
     table = markdown_table(doc)
     assert "HumanEval sandbox: WEAK, missing bubblewrap (not installed); aggregate memory" in table
     doc["settings"]["sandbox"] = None
@@ -65,8 +74,18 @@ def test_run_bench_records_the_isolation(trio, fixture_data, tmp_path):
     from mergekit_reasoning.bench import run_bench
 
     try:
-        doc = run_bench({"t": str(trio["target"])}, "humaneval", out_dir=tmp_path, data_dir=str(fixture_data),
-                        limit=1, max_gen_toks=4, batch_size=1, progress=False, plots=False, allow_weak_sandbox=True)
+        doc = run_bench(
+            {"t": str(trio["target"])},
+            "humaneval",
+            out_dir=tmp_path,
+            data_dir=str(fixture_data),
+            limit=1,
+            max_gen_toks=4,
+            batch_size=1,
+            progress=False,
+            plots=False,
+            allow_weak_sandbox=True,
+        )
     finally:
         sandbox.allow_weak_isolation(False)
     recorded = json.loads((tmp_path / "results.json").read_text())["settings"]["sandbox"]

@@ -11,12 +11,46 @@ import tracemalloc
 
 import pytest
 
-from mergekit_reasoning.bench.sandbox.rpc import MESSAGE_CAP, ChannelError, ChannelTimeout, decode, encode, receive, send
+from mergekit_reasoning.bench.sandbox.rpc import (
+    MESSAGE_CAP,
+    ChannelError,
+    ChannelTimeout,
+    decode,
+    encode,
+    receive,
+    send,
+)
 
 PLAIN = [
-    0, -1, 10**100, 0x7FFFFFFFFFFFFFFF, 1.5, -0.0, 1e-300, float("inf"), float("-inf"), 2j, 1 + 2j, -1.5 - 2j,
-    "", "quote ' \" and \\ and \n", "\ud800 lone surrogate", "é漢🙂", b"", b"\x00\xff'", True, False, None,
-    (), (1,), [], [1, [2, (3, "x")]], {}, {1: "a", (1, 2): [3], "k": {"n": None}}, set(), {1, "b", (2,)},
+    0,
+    -1,
+    10**100,
+    0x7FFFFFFFFFFFFFFF,
+    1.5,
+    -0.0,
+    1e-300,
+    float("inf"),
+    float("-inf"),
+    2j,
+    1 + 2j,
+    -1.5 - 2j,
+    "",
+    "quote ' \" and \\ and \n",
+    "\ud800 lone surrogate",
+    "é漢🙂",
+    b"",
+    b"\x00\xff'",
+    True,
+    False,
+    None,
+    (),
+    (1,),
+    [],
+    [1, [2, (3, "x")]],
+    {},
+    {1: "a", (1, 2): [3], "k": {"n": None}},
+    set(),
+    {1, "b", (2,)},
 ]
 
 
@@ -39,10 +73,37 @@ def test_nan_round_trips():
 
 
 HOSTILE = [
-    b"__import__('os').system('echo hi')", b"(lambda: 5)()", b"5 if 1 else 0", b"x", b"True.real", b"[1][0]",
-    b"...", b"[[...]]", b"{**{}}", b"f'{1}'", b"1 + 1", b"'a' + 'b'", b"-True", b"-'x'", b"not 0", b"set([1])",
-    b"frozenset()", b"{[]: 1}", b"{[1]}", b"", b"(", b"\x00", b"\xff", "'é'".encode(), b"[" * 100 + b"]" * 100,
-    b"[" * 100000, b"9" * 20000, b"[" + b"0," * 40000 + b"]", b"lambda: 0", b"yield 1", b"await x",
+    b"__import__('os').system('echo hi')",
+    b"(lambda: 5)()",
+    b"5 if 1 else 0",
+    b"x",
+    b"True.real",
+    b"[1][0]",
+    b"...",
+    b"[[...]]",
+    b"{**{}}",
+    b"f'{1}'",
+    b"1 + 1",
+    b"'a' + 'b'",
+    b"-True",
+    b"-'x'",
+    b"not 0",
+    b"set([1])",
+    b"frozenset()",
+    b"{[]: 1}",
+    b"{[1]}",
+    b"",
+    b"(",
+    b"\x00",
+    b"\xff",
+    "'é'".encode(),
+    b"[" * 100 + b"]" * 100,
+    b"[" * 100000,
+    b"9" * 20000,
+    b"[" + b"0," * 40000 + b"]",
+    b"lambda: 0",
+    b"yield 1",
+    b"await x",
 ]
 
 

@@ -12,6 +12,7 @@ LAMBDAS = [0.0, 0.5, 1.0]
 
 def _spies(monkeypatch):
     from mergekit_reasoning.executor import stream
+
     from .spies import spy_on_children
 
     calls = {"merge": [], "score": [], "passes": 0}
@@ -31,8 +32,16 @@ def _sweep(trio, out, data):
     from mergekit_reasoning.bench import run_sweep
 
     return run_sweep(
-        trio["target"], trio["sft"], trio["grpo"], LAMBDAS, "sciq", out,
-        data_dir=str(data), limit=2, batch_size=4, progress=False,
+        trio["target"],
+        trio["sft"],
+        trio["grpo"],
+        LAMBDAS,
+        "sciq",
+        out,
+        data_dir=str(data),
+        limit=2,
+        batch_size=4,
+        progress=False,
     )
 
 
@@ -77,9 +86,22 @@ def test_sweep_cli_needs_its_three_models(trio, tmp_path):
 
     from mergekit_reasoning.cli import main
 
-    result = CliRunner().invoke(main, ["bench", "--sweep", "0,x", "--target", "a", "--sft", "b", "--grpo", "c", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["bench", "--sweep", "0,x", "--target", "a", "--sft", "b", "--grpo", "c", "--out", str(tmp_path)]
+    )
     assert result.exit_code != 0 and "--sweep expects numbers" in result.output
     result = CliRunner().invoke(
-        main, ["bench", "--sweep", "1", "--target", str(trio["target"]), "--sft", str(tmp_path / "nope"), "--grpo", str(trio["grpo"])]
+        main,
+        [
+            "bench",
+            "--sweep",
+            "1",
+            "--target",
+            str(trio["target"]),
+            "--sft",
+            str(tmp_path / "nope"),
+            "--grpo",
+            str(trio["grpo"]),
+        ],
     )
     assert result.exit_code != 0 and "cannot load model 'sft'" in result.output

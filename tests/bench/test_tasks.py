@@ -20,7 +20,12 @@ def test_task_names_expand_and_unknown_is_one_clear_error():
 
 
 def test_conditions():
-    assert [c.name for c in parse_conditions("plain,think,chat,think+chat")] == ["plain", "think", "plain+chat", "think+chat"]
+    assert [c.name for c in parse_conditions("plain,think,chat,think+chat")] == [
+        "plain",
+        "think",
+        "plain+chat",
+        "think+chat",
+    ]
     assert parse_conditions(None) == [Condition()]
     assert parse_conditions("think")[0].system_instruction
     with pytest.raises(BenchError, match="unknown condition"):
@@ -58,7 +63,15 @@ def test_humaneval_prompts_generation_and_stops_match_lm_eval():
 
     ours = load_yaml(TASKS_DIR / "mkr_humaneval.yaml", resolve_func=False)
     theirs = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "humaneval" / "humaneval.yaml", resolve_func=False)
-    for key in ("output_type", "test_split", "doc_to_text", "generation_kwargs", "repeats", "num_fewshot", "unsafe_code"):
+    for key in (
+        "output_type",
+        "test_split",
+        "doc_to_text",
+        "generation_kwargs",
+        "repeats",
+        "num_fewshot",
+        "unsafe_code",
+    ):
         assert ours[key] == theirs[key], key
     assert [f["name"] for f in ours["filter_list"]] == [f["name"] for f in theirs["filter_list"]] == ["create_test"]
     assert theirs["doc_to_target"] == "{{test}}\ncheck({{entry_point}})"
@@ -71,7 +84,15 @@ def test_task_manager_indexes_every_task():
 
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     names = set(tm.all_tasks)
-    assert {"mkr_gsm8k", "mkr_gsm8k_cot", "mkr_gsm8k_adv", "mkr_gsm8k_cot_adv", "mkr_sciq", "mkr_humaneval", "mkr_bbh_cot_fewshot"} <= names
+    assert {
+        "mkr_gsm8k",
+        "mkr_gsm8k_cot",
+        "mkr_gsm8k_adv",
+        "mkr_gsm8k_cot_adv",
+        "mkr_sciq",
+        "mkr_humaneval",
+        "mkr_bbh_cot_fewshot",
+    } <= names
     assert all(f"mkr_bbh_cot_fewshot_{n}" in names for n in BBH_SUBTASKS)
 
 
@@ -79,7 +100,11 @@ def test_task_manager_indexes_every_task():
     "task, response, expected",
     [
         ("gsm8k_cot", "3 + 4 = 7 apples. The answer is 7.", {"strict-match": "7", "flexible-extract": "7."}),
-        ("gsm8k_cot", "He pays $1,200 in total. The answer is 1,200.", {"strict-match": "1,200", "flexible-extract": "1,200."}),
+        (
+            "gsm8k_cot",
+            "He pays $1,200 in total. The answer is 1,200.",
+            {"strict-match": "1,200", "flexible-extract": "1,200."},
+        ),
         ("gsm8k_cot", "The answer is -3.", {"strict-match": "-3", "flexible-extract": "-3."}),
         ("gsm8k_cot", "I think it is 12 or maybe 15", {"strict-match": "[invalid]", "flexible-extract": "15"}),
         ("gsm8k_5shot", "4 * 3 = 12\n#### 12", {"strict-match": "12", "flexible-extract": "12"}),
@@ -125,7 +150,9 @@ def test_single_bbh_subtasks_are_tasks_of_their_own():
         expand("bbh,bbh_navigate")
 
 
-@pytest.mark.parametrize("name, hint", [("bbh_navigat", "did you mean bbh_navigate?"), ("bbh_", ""), ("sciqq", "did you mean sciq?")])
+@pytest.mark.parametrize(
+    "name, hint", [("bbh_navigat", "did you mean bbh_navigate?"), ("bbh_", ""), ("sciqq", "did you mean sciq?")]
+)
 def test_unknown_task_is_one_line_listing_the_valid_names(name, hint):
     with pytest.raises(BenchError) as info:
         expand(f"sciq,{name}")
@@ -169,10 +196,14 @@ def test_data_source_names_the_split_scored(fixture_data, tmp_path):
         return data_line({"settings": settings, "data": {t: data_source(t, data_dir) for t in tasks}})
 
     assert line(fixture_data, ["gsm8k_cot", "gsm8k_5shot", "sciq", "bbh", "humaneval"]) == (
-        "GSM8K: test (local); SciQ: validation (local); BBH: test (local); HumanEval: test (local)")
+        "GSM8K: test (local); SciQ: validation (local); BBH: test (local); HumanEval: test (local)"
+    )
     assert line(None, ["sciq", "bbh_navigate"]) == "SciQ: test (hub allenai/sciq); BBH: test (hub SaylorTwift/bbh)"
     # A results file from before splits were recorded still renders.
-    assert data_line({"settings": {"data_source": "local"}, "data": {"sciq": {"test": "x/sciq/validation.jsonl"}}}) == "local"
+    assert (
+        data_line({"settings": {"data_source": "local"}, "data": {"sciq": {"test": "x/sciq/validation.jsonl"}}})
+        == "local"
+    )
 
 
 def test_bench_cli_scores_single_bbh_subtasks(trio, fixture_data, tmp_path):
@@ -180,10 +211,27 @@ def test_bench_cli_scores_single_bbh_subtasks(trio, fixture_data, tmp_path):
 
     from mergekit_reasoning.cli import main
 
-    result = CliRunner().invoke(main, ["bench", 
-        "--model", f"a={trio['target']}", "--tasks", "bbh_navigate,bbh_web_of_lies", "--data-dir", str(fixture_data),
-        "--out", str(tmp_path), "--limit", "1", "--max-gen-toks", "4", "--batch-size", "4", "--no-plots",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            f"a={trio['target']}",
+            "--tasks",
+            "bbh_navigate,bbh_web_of_lies",
+            "--data-dir",
+            str(fixture_data),
+            "--out",
+            str(tmp_path),
+            "--limit",
+            "1",
+            "--max-gen-toks",
+            "4",
+            "--batch-size",
+            "4",
+            "--no-plots",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| bbh_navigate | plain | exact_match (get-answer) | plain | 1 |" in result.output
     assert "| bbh_web_of_lies | plain | exact_match (get-answer) | plain | 1 |" in result.output

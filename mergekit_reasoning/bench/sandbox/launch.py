@@ -15,7 +15,6 @@ from typing import List, Optional, Tuple
 from mergekit_reasoning.bench.sandbox import rpc
 from mergekit_reasoning.bench.sandbox.cgroup import ProgramCgroup
 
-
 # Private uids for programs when the harness is root (a range no distribution hands out).
 UID_BASE = 0x70000000
 UID_COUNT = 1 << 24
@@ -68,6 +67,7 @@ rpc[job.pop("role")](*map(int, sys.argv[2:]), **job)
 """
 RPC_SOURCE = Path(rpc.__file__).read_text(encoding="utf-8")
 
+
 @dataclass(frozen=True)
 class Isolation:
     """What this host gives a program; `full` only if nothing in `missing`."""
@@ -84,17 +84,24 @@ class Isolation:
     def describe(self) -> str:
         parts = []
         if self.bwrap:
-            parts.append(f"bubblewrap {bwrap_version(self.bwrap)} (user, PID, network, IPC, mount namespaces; "
-                         "private size-limited tmpfs; host files hidden)")
+            parts.append(
+                f"bubblewrap {bwrap_version(self.bwrap)} (user, PID, network, IPC, mount namespaces; "
+                "private size-limited tmpfs; host files hidden)"
+            )
         else:
             parts.append("no namespaces (rlimits and a throw-away folder only)")
-        parts.append(self.cgroup or "per-process rlimits only" + ("" if self.private_uid else ", no process-count limit"))
+        parts.append(
+            self.cgroup or "per-process rlimits only" + ("" if self.private_uid else ", no process-count limit")
+        )
         if self.private_uid:
             parts.append("a private uid per program")
         else:
-            parts.append("the caller's uid inside a user namespace" if self.bwrap else f"the caller's uid ({os.geteuid()})")
+            parts.append(
+                "the caller's uid inside a user namespace" if self.bwrap else f"the caller's uid ({os.geteuid()})"
+            )
         head = "full" if self.full else "WEAK, missing " + "; ".join(self.missing)
         return f"{head}: " + ", ".join(parts)
+
 
 @functools.lru_cache(maxsize=None)
 def bwrap_version(path: str) -> str:
@@ -104,12 +111,14 @@ def bwrap_version(path: str) -> str:
     except (OSError, subprocess.SubprocessError, IndexError):
         return "?"
 
+
 def world_reachable(path: str) -> bool:
     """Whether any uid can walk to `path` and use it (it and every parent open to others)."""
     try:
         return all(os.stat(p).st_mode & 0o001 for p in (path, *Path(path).parents))
     except OSError:
         return False
+
 
 def python() -> Tuple[str, List[str]]:
     """The base interpreter (not a venv's) and the folders it needs to run."""
@@ -133,8 +142,21 @@ def bind_folders() -> List[str]:
 def bwrap_command(bwrap: str, size_bytes: int, binds: dict) -> List[str]:
     """bubblewrap's arguments; `binds` maps each folder the program sees to where bwrap finds it."""
     exe, _ = python()
-    cmd = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-           "--uid", "65534", "--gid", "65534", "--hostname", "sandbox"]
+    cmd = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--hostname",
+        "sandbox",
+    ]
     for folder, source in binds.items():
         cmd += ["--ro-bind", source, folder]
     for top in ("/bin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -145,6 +167,7 @@ def bwrap_command(bwrap: str, size_bytes: int, binds: dict) -> List[str]:
         cmd += ["--size", str(size_bytes), "--tmpfs", tmp]
     cmd += ["--chdir", WORKDIR, exe]
     return cmd
+
 
 def rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, per_uid: bool) -> dict:
     limits = {
@@ -159,8 +182,16 @@ def rlimits(timeout: float, memory_mb: int, max_procs: int, max_file_mb: int, pe
         # since the caller's own uid already runs its other processes
     return limits
 
-def command(iso: Isolation, uid: Optional[int], group: Optional[ProgramCgroup], workdir: Optional[str],
-             limits: dict, memory_mb: int, fds: Tuple[int, ...]) -> Tuple[List[str], dict]:
+
+def command(
+    iso: Isolation,
+    uid: Optional[int],
+    group: Optional[ProgramCgroup],
+    workdir: Optional[str],
+    limits: dict,
+    memory_mb: int,
+    fds: Tuple[int, ...],
+) -> Tuple[List[str], dict]:
     """The launcher's argv (launcher, then bwrap if any, then `BOOT` with the payload fd first) and environment."""
     exe, _ = python()
     stage: dict = {}
@@ -176,7 +207,12 @@ def command(iso: Isolation, uid: Optional[int], group: Optional[ProgramCgroup], 
         inner = [exe]
         home = tmp = workdir
     inner += ["-I", "-S", "-c", BOOT, *map(str, fds)]
-    cfg = {"cgroups": group.join_files if group else [], "rlimits": limits, "uid": uid, "workdir": workdir,
-           "stage": stage}
+    cfg = {
+        "cgroups": group.join_files if group else [],
+        "rlimits": limits,
+        "uid": uid,
+        "workdir": workdir,
+        "stage": stage,
+    }
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
     return [exe, "-I", "-S", "-c", LAUNCHER, marshal.dumps(cfg).hex(), *inner], env

@@ -7,11 +7,12 @@ import os
 import selectors
 import time
 
-
 OUTPUT_CAP = 16 * 1024  # bytes kept of stdout and of stderr (the tail: tracebacks end there)
+
 
 def text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
 
 def read(pipes: dict, kept: dict, until_closed: set, deadline: float) -> bool:
     """Read `pipes` (name -> fd) into `kept`, capped to each one's tail, until every pipe named in

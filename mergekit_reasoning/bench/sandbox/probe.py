@@ -17,6 +17,7 @@ from mergekit_reasoning.core.errors import BenchError
 class SandboxUnavailable(BenchError):
     """Full isolation is missing here and weaker isolation was not opted into."""
 
+
 _allow_weak = False
 
 
@@ -44,6 +45,7 @@ def declare(allow_weak: bool = False) -> str:
     allow_weak_isolation(allow_weak)
     return require_isolation(allow_weak).describe()
 
+
 @functools.lru_cache(maxsize=None)
 def isolation() -> Isolation:
     """Probe once what this host allows, by running a trivial program the real way."""
@@ -68,8 +70,10 @@ def isolation() -> Isolation:
     private_uid = root and (bwrap is not None or world_reachable(python()[0]))
     return Isolation(bwrap, cgroup, private_uid, tuple(missing))
 
+
 # A trivial HumanEval-like problem, run the real way to see whether sandboxes work here.
 PROBE = ("def one():\n    return 1\n", "def one():\n    pass\n", "def check(f):\n    assert f() == 1\n", "one")
+
 
 def cgroup_kind() -> str:
     group = ProgramCgroup.create(64 * 2**20, 8)
@@ -78,8 +82,18 @@ def cgroup_kind() -> str:
     finally:
         group.remove()
 
-def check_program(program: str, prompt: str, test: str, entry_point: str, *, timeout: float = 10.0,
-                  memory_mb: int = 1024, max_procs: int = 64, max_file_mb: int = 16) -> Outcome:
+
+def check_program(
+    program: str,
+    prompt: str,
+    test: str,
+    entry_point: str,
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    max_procs: int = 64,
+    max_file_mb: int = 16,
+) -> Outcome:
     """Score one HumanEval program: `prompt`, `test` and `entry_point` are the dataset's (trusted),
     `program` is prompt + completion (untrusted). The limits are the program's; `timeout` covers
     the whole scoring.
@@ -88,5 +102,11 @@ def check_program(program: str, prompt: str, test: str, entry_point: str, *, tim
     never for anything the program does.
     """
     iso = require_isolation()
-    return run_checked((program, prompt, test, entry_point), iso, timeout=timeout, memory_mb=memory_mb,
-                  max_procs=max_procs, max_file_mb=max_file_mb)
+    return run_checked(
+        (program, prompt, test, entry_point),
+        iso,
+        timeout=timeout,
+        memory_mb=memory_mb,
+        max_procs=max_procs,
+        max_file_mb=max_file_mb,
+    )

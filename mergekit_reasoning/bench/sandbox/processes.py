@@ -20,8 +20,18 @@ from mergekit_reasoning.bench.sandbox.launch import RPC_SOURCE, UID_BASE, UID_CO
 class Sandboxed:
     """One process tree started under `iso` (launcher, bubblewrap, `BOOT` running `job`), and its clean-up."""
 
-    def __init__(self, iso: Isolation, job: dict, fds: Tuple[int, ...], *, timeout: float, memory_mb: int,
-                 max_procs: int, max_file_mb: int, avoid_uid: Optional[int] = None):
+    def __init__(
+        self,
+        iso: Isolation,
+        job: dict,
+        fds: Tuple[int, ...],
+        *,
+        timeout: float,
+        memory_mb: int,
+        max_procs: int,
+        max_file_mb: int,
+        avoid_uid: Optional[int] = None,
+    ):
         self.uid = self.group = self.workdir = self.proc = None
         try:
             self._start(iso, job, fds, timeout, memory_mb, max_procs, max_file_mb, avoid_uid)
@@ -46,8 +56,14 @@ class Sandboxed:
             limits = rlimits(timeout, memory_mb, max_procs, max_file_mb, per_uid=self.uid is not None)
             argv, env = command(iso, self.uid, self.group, self.workdir, limits, memory_mb, (payload.fileno(), *fds))
             self.proc = subprocess.Popen(
-                argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(payload.fileno(), *fds), start_new_session=True,
+                argv,
+                env=env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(payload.fileno(), *fds),
+                start_new_session=True,
             )
 
     def kill(self) -> None:
@@ -66,12 +82,14 @@ class Sandboxed:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+
 def exit_code(proc: subprocess.Popen, deadline: float) -> Optional[int]:
     """The exit status of a process whose pipes all closed (so it is ending), or None at the deadline."""
     try:
         return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         return None
+
 
 def kill(proc: subprocess.Popen, group: Optional[ProgramCgroup], uid: Optional[int]) -> None:
     """Kill a whole tree: its session, its cgroup and (weak mode) every process of its uid."""

@@ -75,8 +75,13 @@ def _literal(node, depth):
         return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
     if isinstance(node, ast.Dict) and None not in node.keys:
         return {_literal(k, depth + 1): _literal(v, depth + 1) for k, v in zip(node.keys, node.values)}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "set" \
-            and not node.args and not node.keywords:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "set"
+        and not node.args
+        and not node.keywords
+    ):
         return set()
     raise ChannelError(f"not plain data: {type(node).__name__}")
 
@@ -87,7 +92,7 @@ def send(fd: int, payload: bytes, deadline=None) -> None:
     while data:
         _wait(fd, deadline, write=True)
         try:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         except BlockingIOError:
             continue
         except OSError as exc:
@@ -122,8 +127,8 @@ def receive(fd: int, cap: int = MESSAGE_CAP, deadline=None) -> bytes:
     except ChannelError:
         del _unread[fd]  # the channel is done for: nothing read from it may count later
         raise
-    message = bytes(buf[4:4 + size])
-    del buf[:4 + size]
+    message = bytes(buf[4 : 4 + size])
+    del buf[: 4 + size]
     return message
 
 
@@ -209,8 +214,13 @@ class _Remote:
             decode(request)  # the test's own arguments must be plain data too
             send(self.request_fd, request, self.deadline)
             reply = decode(receive(self.reply_fd, MESSAGE_CAP, self.deadline))
-            if type(reply) is not tuple or len(reply) != 3 or reply[0] != call_id or reply[1] not in ("return", "raise") \
-                    or (reply[1] == "raise" and type(reply[2]) is not str):
+            if (
+                type(reply) is not tuple
+                or len(reply) != 3
+                or reply[0] != call_id
+                or reply[1] not in ("return", "raise")
+                or (reply[1] == "raise" and type(reply[2]) is not str)
+            ):
                 raise ChannelError("malformed reply")
         except ChannelError as exc:
             self.broken = exc
@@ -223,8 +233,9 @@ class _Remote:
         return reply[2]
 
 
-def check(request_fd: int, reply_fd: int, verdict_fd: int, *, prompt: str, test: str, entry_point: str,
-          seconds: float) -> None:
+def check(
+    request_fd: int, reply_fd: int, verdict_fd: int, *, prompt: str, test: str, entry_point: str, seconds: float
+) -> None:
     """Trusted side: the dataset's prompt and test, with the entry point bound to the program over the channel.
 
     Writes `pass` to the verdict fd only if `check(candidate)` returned and every call got
