@@ -37,6 +37,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
+from mergekit_reasoning.executor.recipe import Recipe  # noqa: E402
 from mergekit_reasoning.testing.standins import write_standin, write_trio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,16 +97,5 @@ def make_model(models_root):
 
 
 def recipe_dict(target, grpo, sft, lam=1.0, **extra) -> dict:
-    recipe = {
-        "merge_method": "reasoning_vector",
-        "base_model": str(target),
-        "models": [
-            {"model": str(grpo), "parameters": {"role": "grpo"}},
-            {"model": str(sft), "parameters": {"role": "sft"}},
-        ],
-        "parameters": {"lambda": lam},
-        "dtype": "bfloat16",
-        "out_dtype": "bfloat16",
-    }
-    recipe.update(extra)
-    return recipe
+    """The plain pair recipe the sweep writes (`Recipe.for_pair`), with `extra` keys set."""
+    return {**Recipe.for_pair(target, grpo, sft, lam).data, **extra}
