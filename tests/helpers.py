@@ -9,10 +9,26 @@ from safetensors import safe_open
 
 
 def read_tensors(folder: Path) -> Dict[str, torch.Tensor]:
+    """Every tensor of a model folder (or of one weights file), safetensors or pickled."""
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     out = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            out.update({name: handle.get_tensor(name) for name in handle.keys()})
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as handle:
+                out.update({name: handle.get_tensor(name) for name in handle.keys()})
+        else:
+            out.update(torch.load(file, weights_only=True))
+    return out
+
+
+def pickled_copy(folder: Path, out: Path) -> Path:
+    """`folder` with its safetensors weights rewritten as one pickled `pytorch_model.bin`."""
+    out.mkdir(parents=True)
+    for file in Path(folder).iterdir():
+        if file.suffix != ".safetensors" and file.name != "model.safetensors.index.json":
+            (out / file.name).write_bytes(file.read_bytes())
+    torch.save(read_tensors(folder), out / "pytorch_model.bin")
     return out
 
 

@@ -3,7 +3,15 @@
 import pytest
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.method.compat import EMBED, HEAD, ModelInfo, check_compatible
+from mergekit_reasoning.method.compat import (
+    COMMON,
+    EMBED,
+    HEAD,
+    ModelInfo,
+    check_compatible,
+    check_raw_compatible,
+    slice_layers,
+)
 
 CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
@@ -96,3 +104,48 @@ def test_untied_donor_without_a_head_is_an_error():
     donor = ModelInfo("G", dict(tied.config, tie_word_embeddings=False), tied.shapes)
     with pytest.raises(RecipeError, match="model G: tensor lm_head.weight is missing"):
         check_compatible(info("T", tied=False), [donor, info("S")])
+
+
+def deeper(label, layers, width=16):
+    """A model of `layers` layers whose layer tensors are `width` wide."""
+    base = info(label, num_hidden_layers=layers)
+    shapes = {k: v for k, v in base.shapes.items() if ".layers." not in k}
+    shapes.update({f"model.layers.{i}.mlp.up_proj.weight": (width, 8) for i in range(layers)})
+    return ModelInfo(label, base.config, shapes)
+
+
+def test_slices_say_which_layers_meet_so_depths_may_differ():
+    layers = slice_layers("T", [("T", (0, 1)), ("G", (2, 3)), ("S", (2, 3))], {"T": 1, "G": 4, "S": 4})
+    assert layers == {"G": {0: 2}, "S": {0: 2}}
+    check_compatible(info("T"), [deeper("G", 4), deeper("S", 4)], layers=layers)
+    with pytest.raises(RecipeError, match="model G: num_hidden_layers is 4, but the target T has 1"):
+        check_compatible(info("T"), [deeper("G", 4), deeper("S", 4)])  # `models:`: every layer meets its own
+    with pytest.raises(RecipeError, match=r"model G: tensor model.layers.2.mlp.up_proj.weight has shape \[17, 8\]"):
+        check_compatible(info("T"), [deeper("G", 4, width=17), deeper("S", 4)], layers=layers)
+    with pytest.raises(RecipeError, match="model G: tensor model.layers.5.mlp.up_proj.weight is missing"):
+        check_compatible(info("T"), [deeper("G", 4), deeper("S", 4)], layers={"G": {0: 5}, "S": {0: 2}})
+
+
+def test_slice_ranges_must_span_the_targets_layers():
+    with pytest.raises(RecipeError, match=r"model G: layer_range \[0, 2\] spans 2 layers, but the target's \[0, 1\]"):
+        slice_layers("T", [("T", (0, 1)), ("G", (0, 2))], {"T": 1, "G": 4})
+    with pytest.raises(RecipeError, match="model G: num_hidden_layers is 2, but the target T has 1"):
+        slice_layers("T", [("T", (0, 1)), ("G", (0, 2))], {"T": 1, "G": 2})  # whole models: say it as depth
+
+
+def test_common_layers_when_the_recipe_does_not_say():
+    check_compatible(info("T"), [deeper("G", 4), deeper("S", 4)], layers=COMMON)
+    with pytest.raises(RecipeError, match="has shape"):
+        check_compatible(info("T"), [deeper("G", 4, width=17), deeper("S", 4)], layers=COMMON)
+
+
+def test_single_files_compare_the_tensors_they_share():
+    files = {"a": (2, 3), "b": (4,)}
+    check_raw_compatible(ModelInfo("T", {}, files), [ModelInfo("G", {}, {"a": (2, 3)}), ModelInfo("S", {}, files)])
+    with pytest.raises(RecipeError, match=r"model S: tensor b has shape \[5\], but the target's has \[4\]"):
+        check_raw_compatible(ModelInfo("T", {}, files), [ModelInfo("S", {}, {"b": (5,)})])
+
+
+def test_architecture_line_says_allow_crimes_does_not_change_it():
+    with pytest.raises(RecipeError, match="one architecture only, with or without --allow-crimes"):
+        check_compatible(info("T"), [info("G", architectures=["LlamaForCausalLM"])])

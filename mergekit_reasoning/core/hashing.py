@@ -10,9 +10,22 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 CHUNK = 16 * 1024 * 1024
+Identity = Tuple  # of (path, size, mtime_ns, inode) per file, or other hashable parts
+
+
+def path_identity(path: os.PathLike) -> Identity:
+    """The identity of a file, or of every file directly in a folder: what changes when
+    any of them is rewritten, replaced or resized (links followed, as readers follow them)."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    identity = []
+    for file in files:
+        stat = file.stat()
+        identity.append((str(file), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(identity)
 
 
 def sha256_file(path: os.PathLike) -> str:
@@ -23,11 +36,17 @@ def sha256_file(path: os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _cache_path() -> Path:
+def cache_root() -> Path:
+    """The package's cache folder: $MERGEKIT_REASONING_CACHE, else $XDG_CACHE_HOME/mergekit-reasoning,
+    else ~/.cache/mergekit-reasoning."""
     root = os.environ.get("MERGEKIT_REASONING_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mergekit-reasoning"
     )
-    return Path(root) / "file-hashes.json"
+    return Path(root)
+
+
+def _cache_path() -> Path:
+    return cache_root() / "file-hashes.json"
 
 
 def cached_sha256(path: os.PathLike) -> str:

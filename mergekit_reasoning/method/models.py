@@ -1,14 +1,23 @@
-"""Models named by a recipe, opened the way mergekit opens them (hub or local)."""
+"""Models named by a recipe, opened the way mergekit opens them (hub or local).
+
+A reference is a model folder (local, or a hub ID mergekit downloads), a single
+weights file (`mergekit-pytorch`), or a model with a LoRA adapter (`model+lora`).
+What the checks read of it is cached under the identity of its files (path,
+size, modification time and inode of each), so a model changed on disk between
+two merges in one process is read and checked again.
+"""
 
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
 from mergekit.common import ModelReference
+from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
 from mergekit.io.tasks import LoaderCache
 
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import broken_shard
+from mergekit_reasoning.core.hashing import Identity, path_identity
 from mergekit_reasoning.method.compat import ModelInfo, read_model_info
 from mergekit_reasoning.method.vector_format import (
     check_against_shards,
@@ -17,12 +26,19 @@ from mergekit_reasoning.method.vector_format import (
     sparse_message,
 )
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
 
 def loader(ref: ModelReference):
     """mergekit's lazy loader for `ref`: a hub download when it is not a local folder."""
     try:
         return LoaderCache().get(ref)
     except Exception as error:
+        if ref.lora and not LoaderCache().lora_cache_dir:
+            raise RecipeError(
+                f"model {ref}: a LoRA donor is merged into its model first, which needs a folder for the "
+                "result: mergekit-yaml takes --lora-merge-cache DIR, mergekit-reasoning merge uses its cache folder"
+            ) from None
         problem = broken_shard(ref.model.path)  # name the broken shard of a local folder
         raise RecipeError(f"model {ref}: cannot open its weights: {problem or error}") from None
 
@@ -34,15 +50,63 @@ def local_folder(ref: ModelReference) -> Tuple[Path, Optional[str]]:
     return folder, ref.model.revision or (folder.name if folder.parent.name == "snapshots" else None)
 
 
-@lru_cache(maxsize=None)
+def single_file(ref: ModelReference) -> Optional[Path]:
+    """The weights file `ref` names, for `mergekit-pytorch`'s single-file references, else None."""
+    path = Path(ref.model.path)
+    if ref.lora is None and path.suffix in WEIGHT_SUFFIXES and path.is_file():
+        return path
+    return None
+
+
+def _without_lora(ref: ModelReference) -> ModelReference:
+    return ModelReference(model=ref.model, override_architecture=ref.override_architecture)
+
+
+def _reads_base(ref: ModelReference) -> bool:
+    """A LoRA donor outside a merge (`check`): its adapter changes values, not shapes or
+    names, so the model it applies to stands in for it until a merge merges it."""
+    return ref.lora is not None and not LoaderCache().lora_cache_dir
+
+
+def model_identity(ref: ModelReference) -> Identity:
+    """The identity of every file `ref` is read from: what the caches below are keyed on."""
+    file = single_file(ref)
+    if file is not None:
+        return path_identity(file)
+    if _reads_base(ref):
+        adapter = Path(ref.lora.path)
+        return model_identity(_without_lora(ref)) + (path_identity(adapter) if adapter.exists() else (str(adapter),))
+    return path_identity(Path(loader(ref).index.base_path))
+
+
 def model_info(ref: ModelReference) -> ModelInfo:
+    """Config and tensor shapes of `ref`, read without loading a weight."""
+    return _model_info(ref, model_identity(ref))
+
+
+@lru_cache(maxsize=256)
+def _model_info(ref: ModelReference, identity: Identity) -> ModelInfo:
+    file = single_file(ref)
+    if file is not None:  # no config: mergekit-pytorch merges by tensor name
+        index = ShardedTensorIndex.from_file(str(file))
+        return read_model_info(str(ref), index.base_path, index.tensor_paths, {})
+    if _reads_base(ref):
+        info = model_info(_without_lora(ref))
+        adapter = Path(ref.lora.path)
+        if adapter.is_dir() and not (adapter / "adapter_config.json").is_file():
+            raise RecipeError(f"model {ref}: {adapter} holds no adapter_config.json, so it is not a LoRA adapter")
+        return ModelInfo(label=str(ref), config=info.config, shapes=info.shapes)
     try:
         config = ref.config(trust_remote_code=LoaderCache().trust_remote_code).to_dict()
     except Exception as error:
         raise RecipeError(f"model {ref}: cannot read its config: {error}") from None
-    index = loader(ref).index
-    info = read_model_info(str(ref), index.base_path, index.tensor_paths, config)
-    manifest = read_manifest(index.base_path)
+    folder = loader(ref).index.base_path
+    try:
+        index = ShardedTensorIndex.from_disk(folder)  # afresh: mergekit's loader keeps its first index
+    except Exception as error:
+        raise RecipeError(f"model {ref}: cannot open its weights: {error}") from None
+    info = read_model_info(str(ref), folder, index.tensor_paths, config)
+    manifest = read_manifest(folder)
     if manifest is not None:
         if manifest.get("storage") == "sparse":
             raise RecipeError(sparse_message(ref))
@@ -50,14 +114,24 @@ def model_info(ref: ModelReference) -> ModelInfo:
     return info
 
 
-@lru_cache(maxsize=None)
 def vector_manifest(ref: ModelReference):
     """The vector manifest of `ref`, or None when it is an ordinary model."""
+    if single_file(ref) is not None or _reads_base(ref):
+        return None  # a vector is a folder
+    return _vector_manifest(ref, model_identity(ref))
+
+
+@lru_cache(maxsize=256)
+def _vector_manifest(ref: ModelReference, identity: Identity):
     return read_manifest(loader(ref).index.base_path)
 
 
 def check_roles(roles, load_dtype=None) -> None:
-    """A `vector` donor must be a vector folder, and a vector folder must be one."""
+    """Every model has a role; a `vector` donor must be a vector folder, and a vector folder must be one."""
+    roles = list(roles)
+    for ref, role in roles:
+        if role is None:
+            raise RecipeError(f"model {ref} has no role: give it `role: grpo` or `role: sft`")
     check_roles_and_dtypes(
         [(ref, role) for ref, role in roles], {ref: vector_manifest(ref) for ref, _ in roles}, load_dtype
     )
