@@ -132,12 +132,15 @@ def model_dir(ref: str) -> str:
 def _check(text: str, config: Any) -> CheckedRecipe:
     from mergekit_reasoning.method.compat import check_compatible
     from mergekit_reasoning.method.models import check_roles, model_info
-    from mergekit_reasoning.method.roles import DEFAULT_VECTOR, pair_donors
+    from mergekit_reasoning.method.roles import DEFAULT_VECTOR, pair_donors, recipe_entries, target_as_donor
 
     donors, roles, vectors, lambdas = [], {}, {}, {}
-    for entry in _donor_entries(config):
+    for entry in recipe_entries(config):
         ref = entry.model
         if ref == config.base_model:
+            target_role = _scalar((entry.parameters or {}).get("role"), ref, "role")
+            if target_role is not None:
+                raise RecipeError(target_as_donor(ref, target_role))
             continue
         if ref in roles:
             raise RecipeError(f"model {ref} is listed twice")
@@ -154,26 +157,29 @@ def _check(text: str, config: Any) -> CheckedRecipe:
     pairs = pair_donors(donors, roles, vectors, lambdas)
     check_roles(roles.items(), config.dtype)
     target = model_info(config.base_model)
-    compatibility = check_compatible(target, [model_info(ref) for ref in donors])
+    layers = _slice_layers(config, model_info)
+    compatibility = check_compatible(target, [model_info(ref) for ref in donors], layers=layers)
     return CheckedRecipe(text=text, config=config, pairs=pairs, compatibility=compatibility)
 
 
-def _donor_entries(config: Any):
-    if config.models:
-        return list(config.models)
-    entries = []
-    for output_slice in config.slices or []:
-        entries.extend(output_slice.sources)
+def _slice_layers(config: Any, model_info) -> Optional[Dict[str, Dict[int, int]]]:
+    """Which layers of each donor meet which of the target's: None for `models:` (every
+    layer with the same one, at equal depths), else from the recipe's `slices:`."""
+    from mergekit_reasoning.method.compat import DEPTH, slice_layers
+
+    slices = list(config.slices or [])
     for module in (config.modules or {}).values():
-        entries.extend(module.models or [])
-        for output_slice in module.slices or []:
-            entries.extend(output_slice.sources)
-    seen, unique = set(), []
-    for entry in entries:
-        if entry.model not in seen:
-            seen.add(entry.model)
-            unique.append(entry)
-    return unique
+        slices.extend(module.slices or [])
+    if config.models or not slices:
+        return None
+    maps: Dict[str, Dict[int, int]] = {}
+    for output_slice in slices:
+        sources = [(str(s.model), tuple(s.layer_range)) for s in output_slice.sources]
+        depths = {str(s.model): model_info(s.model).config.get(DEPTH) for s in output_slice.sources}
+        base = output_slice.base_model or config.base_model
+        for donor, layers in slice_layers(str(base), sources, depths).items():
+            maps.setdefault(donor, {}).update(layers)
+    return maps
 
 
 def _scalar(value: Any, ref: Any, name: str) -> Any:

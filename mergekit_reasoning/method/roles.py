@@ -4,6 +4,10 @@ A recipe names each donor's role (`grpo` or `sft`) and, for merges that add more
 than one vector, the `vector` it belongs to. Every vector needs exactly one of
 each role and one λ; anything else is an error that names the models involved.
 A donor with role `vector` is an extracted vector folder and stands alone.
+
+Models must say their role. mergekit's in-memory API (`merge_state_dicts`), whose
+generic callers pass no method-specific parameters, may leave them out: its
+inputs are then read in order, base, GRPO, SFT (`roles_in_order`).
 """
 
 from dataclasses import dataclass
@@ -81,3 +85,55 @@ def pair_donors(
             )
         pairs.append(VectorPair(name=name, grpo=grpo, sft=sft, lam=lam_g))
     return pairs
+
+
+def roles_in_order(donors: Sequence[M], roles: Mapping[M, Optional[str]]) -> Dict[M, Optional[str]]:
+    """The roles of in-memory inputs: as given, or, when none is given, GRPO then SFT.
+
+    Only for mergekit's in-memory API, where the inputs are tensors with no names
+    to mistake; a recipe's models always say their role (`pair_donors` names any
+    that does not)."""
+    given = {donor: roles.get(donor) for donor in donors}
+    if any(role is not None for role in given.values()):
+        return given
+    if len(donors) != 2:
+        raise RecipeError(
+            f"reasoning_vector without roles reads its inputs as base, GRPO, SFT, so it needs two besides "
+            f"the base, not {len(donors)}: give each `role: grpo` or `role: sft`"
+        )
+    return {donors[0]: "grpo", donors[1]: "sft"}
+
+
+def target_as_donor(target, role: str) -> str:
+    """The line for a target that a recipe also lists as a donor, and what to run instead."""
+    if role == "sft":
+        instead = f"{target} + λ·(GRPO − {target}) is task_arithmetic with the GRPO model at weight λ"
+    elif role == "grpo":
+        instead = f"{target} + λ·({target} − SFT) is task_arithmetic with the SFT model at weight −λ"
+    else:
+        return f"model {target} is the target (base_model), which takes no role, but it is given role {role!r}"
+    return (
+        f"model {target} is the target (base_model) and is also listed as the {role} donor, which "
+        f"reasoning_vector cannot do (it keeps the target apart from its donors); {instead}, "
+        f"base_model {target} and normalize: false"
+    )
+
+
+def recipe_entries(config) -> list:
+    """Each model a mergekit configuration lists (under `models:`, `slices:` or `modules:`),
+    once, in order, with its own parameters: the first listing of a model counts."""
+    if config.models:
+        return list(config.models)
+    entries = []
+    for output_slice in config.slices or []:
+        entries.extend(output_slice.sources)
+    for module in (config.modules or {}).values():
+        entries.extend(module.models or [])
+        for output_slice in module.slices or []:
+            entries.extend(output_slice.sources)
+    seen, unique = set(), []
+    for entry in entries:
+        if entry.model not in seen:
+            seen.add(entry.model)
+            unique.append(entry)
+    return unique
