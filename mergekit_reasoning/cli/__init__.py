@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -78,14 +79,34 @@ def check(recipe: Path):
 @click.option("--out-shard-size", default="5B", show_default=True, help="Parameters per output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT once the new merge is complete.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--lora-merge-cache",
+    type=click.Path(path_type=Path),
+    help="Where LoRA donors (model+adapter) are merged into their models first "
+    "[default: lora-merges/ in the package's cache folder].",
+)
 def merge(
-    recipe: Path, out: Path, lambdas, cuda: bool, read_to_gpu: bool, out_shard_size: str, overwrite: bool, quiet: bool
+    recipe: Path,
+    out: Path,
+    lambdas,
+    cuda: bool,
+    read_to_gpu: bool,
+    out_shard_size: str,
+    overwrite: bool,
+    quiet: bool,
+    lora_merge_cache: Optional[Path],
 ):
     """Merge RECIPE into OUT with the streaming executor."""
     from mergekit_reasoning.executor import run
     from mergekit_reasoning.executor.recipe import Recipe
 
-    settings = run.MergeSettings(cuda=cuda, read_to_gpu=read_to_gpu, out_shard_size=out_shard_size, quiet=quiet)
+    settings = run.MergeSettings(
+        cuda=cuda,
+        read_to_gpu=read_to_gpu,
+        out_shard_size=out_shard_size,
+        quiet=quiet,
+        lora_merge_cache=str(lora_merge_cache) if lora_merge_cache else None,
+    )
     outs = run.sweep_folders(out, lambdas)
     run.merge(Recipe.read(recipe), outs, settings, lambdas=lambdas or None, overwrite=overwrite, echo=_note)
     for path in outs:

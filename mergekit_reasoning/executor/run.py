@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
+from mergekit_reasoning.core.hashing import cache_root
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
 from mergekit_reasoning.executor.readahead import advise, available_memory, recipe_model_dirs, reclaimable_memory
 from mergekit_reasoning.executor.recipe import Recipe
@@ -32,6 +33,10 @@ class MergeSettings:
     read_to_gpu: bool = False
     out_shard_size: Union[str, int] = "5B"  # parameters per output shard, as mergekit reads it
     quiet: bool = True
+    lora_merge_cache: Optional[str] = None  # where LoRA donors are merged into their models; None: the cache
+
+    def lora_folder(self) -> str:
+        return self.lora_merge_cache or str(cache_root() / "lora-merges")
 
     def shard_bytes(self) -> int:
         """The shard size as mergekit's parse_kmb reads it, without importing mergekit (0 if unreadable)."""
@@ -50,7 +55,11 @@ class MergeSettings:
 
         size = self.out_shard_size if isinstance(self.out_shard_size, int) else parse_kmb(self.out_shard_size)
         return MergeOptions(
-            cuda=self.cuda or self.read_to_gpu, read_to_gpu=self.read_to_gpu, out_shard_size=size, quiet=self.quiet
+            cuda=self.cuda or self.read_to_gpu,
+            read_to_gpu=self.read_to_gpu,
+            out_shard_size=size,
+            quiet=self.quiet,
+            lora_merge_cache=self.lora_folder(),
         )
 
 
@@ -81,9 +90,12 @@ def merge(
     try:
         go_offline_if_unreachable(echo)
         advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
+        from mergekit.io.tasks import LoaderCache
+
         from mergekit_reasoning.executor import stream
 
         options = settings.mergekit_options()
+        LoaderCache().setup(options=options)  # LoRA donors are checked as merged, as they are read
         checked = recipe.check()
         for note in checked.compatibility.notes():
             echo(f"warning: {note}")
