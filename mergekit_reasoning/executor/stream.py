@@ -252,10 +252,14 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
     """Config, tokenizer, model card and tag-along files, as `mergekit-yaml` writes them."""
     from mergekit.card import generate_card
 
+    from mergekit_reasoning.method.merge_card import with_reasoning_section
+
     config = checked.config
     cfg_out.save_pretrained(str(path))
     if options.write_model_card:
         card = generate_card(config=config, config_yaml=checked.text, name=name)
+        if not getattr(generate_card, "_mergekit_reasoning_card", False):
+            card = with_reasoning_section(card, config)
         (path / "README.md").write_text(card, encoding="utf-8")
         (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
     if options.copy_tokenizer:

@@ -36,6 +36,7 @@ from mergekit.merge_methods.base import (
 )
 
 from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.method import merge_card
 from mergekit_reasoning.method.compat import (
     COMMON,
     DEPTH,
@@ -72,6 +73,7 @@ class ReasoningVectorMerge(GroupMergeMethod):
         group_name: Optional[str] = None,
     ) -> None:
         super().validate_inputs(input_ids, base_id, group_name=group_name)
+        merge_card.install()  # mergekit writes the card after the merge this plans
         if isinstance(base_id, ModelReference) and all(isinstance(i, ModelReference) for i in input_ids):
             planned = _planned_inputs(sys._getframe(1))
             with _one_line_at_mergekits_cli():
@@ -271,6 +273,7 @@ reasoning_vector = ReasoningVectorMerge()
 def ensure_registered() -> None:
     if NAME not in {m.spec.name for m in registry.registered_methods()}:
         registry.register(reasoning_vector)
+    merge_card.install()  # where mergekit's card module is loaded already; else at plan time
 
 
 ensure_registered()
