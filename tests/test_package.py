@@ -105,3 +105,43 @@ def test_no_module_outside_mergekit_private_touches_the_private_helpers():
             assert not [h for h in HELPERS if h in text], (
                 f"{path.relative_to(PACKAGE.parent)} uses a private mergekit helper directly"
             )
+
+
+def test_the_planner_frames_the_method_reads_still_hold_what_it_reads(trio, tmp_path, monkeypatch):
+    """mergekit hands `validate_inputs` models only; the method reads layer ranges and
+    parameters from its planners' frames (`MergePlanner.normalize_config`'s `output_slice`,
+    mergekit-pytorch's `plan_flat_merge`'s `config`). If a mergekit release renames them,
+    this says so: plan-time role checks and slice-aware layer checks would stop."""
+    from mergekit.options import MergeOptions
+    from mergekit.scripts.merge_raw_pytorch import RawPyTorchMergeConfig, plan_flat_merge
+    from mergekit_runs import run_stock
+
+    from mergekit_reasoning.method import reasoning_vector
+
+    seen = []
+    read = reasoning_vector._planned_inputs
+    monkeypatch.setattr(reasoning_vector, "_planned_inputs", lambda frame: seen.append(read(frame)) or seen[-1])
+    t, g, s = trio["target"], trio["grpo"], trio["sft"]
+    recipe = {
+        "merge_method": "reasoning_vector",
+        "base_model": str(t),
+        "models": [{"model": str(g), "parameters": {"role": "grpo"}}, {"model": str(s), "parameters": {"role": "sft"}}],
+    }
+    run_stock(recipe, tmp_path / "yaml")
+    planned = [p for p in seen if p is not None]
+    assert planned and {(str(m), r, settings.get("role")) for m, r, settings in planned[0]} == {
+        (str(g), (0, 2), "grpo"),
+        (str(s), (0, 2), "sft"),
+        (str(t), (0, 2), None),
+    }
+    seen.clear()
+    files = {name: str(p / "model.safetensors") for name, p in (("t", t), ("g", g), ("s", s))}
+    raw = dict(recipe, base_model=files["t"])
+    raw["models"] = [dict(m, model=files[k]) for m, k in zip(recipe["models"], "gs")]
+    plan_flat_merge(RawPyTorchMergeConfig.model_validate(raw), str(tmp_path / "raw"), False, False, MergeOptions())
+    planned = [p for p in seen if p is not None]
+    assert planned and {(str(m), settings.get("role")) for m, _, settings in planned[0]} == {
+        (files["g"], "grpo"),
+        (files["s"], "sft"),
+        (files["t"], None),
+    }
