@@ -44,13 +44,16 @@ def regenerate(
         out = Path(out_dir) / path.stem
         try:
             recipe = Recipe.read(path)
-            inputs = manifest.describe_inputs(recipe.check())
-            key = manifest.input_key(recipe.text, inputs)
             recorded = manifest.completed(out)
-            if recorded is not None and recorded.get("key") == key and not manifest.output_problems(out, recorded):
-                echo(f"unchanged {path.name}: {out}")
-                outcome.skipped.append(path.name)
-                continue
+            inputs = None
+            if recorded is not None:  # it may be current: hash the inputs to know
+                inputs = manifest.describe_inputs(recipe.check())
+                key = manifest.input_key(recipe.text, inputs)
+                if recorded.get("key") == key and not manifest.output_problems(out, recorded):
+                    echo(f"unchanged {path.name}: {out}")
+                    outcome.skipped.append(path.name)
+                    continue
+            # A new output takes merge's own path: reserved while mergekit loads, inputs hashed as it runs.
             run.merge(recipe, [out], settings, overwrite=True, inputs=inputs, echo=echo)
             echo(f"merged    {path.name}: {out}")
             outcome.merged.append(path.name)
