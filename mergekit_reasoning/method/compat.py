@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.formats import stored_tensors
+from mergekit_reasoning.core.formats import FLOAT_NAMES, refuse_outside, stored_tensors
 
 # Config fields that must agree for the same tensor name to mean the same thing.
 STRUCTURE_KEYS = (
@@ -32,6 +32,7 @@ class ModelInfo:
     label: str
     config: Mapping
     shapes: Mapping[str, Tuple[int, ...]]
+    dtypes: Mapping[str, str] = field(default_factory=dict)  # safetensors dtype names, where headers tell
 
     @property
     def tied(self) -> bool:
@@ -70,15 +71,31 @@ class Compatibility:
 def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str], config: Mapping) -> ModelInfo:
     """Shapes from the safetensors headers of a model's shards (pickles: none)."""
     shapes: Dict[str, Tuple[int, ...]] = {}
+    dtypes: Dict[str, str] = {}
     for file in sorted(set(tensor_files.values())):
+        refuse_outside(label, file)
         if not file.endswith(".safetensors"):
             continue
         try:
             stored = stored_tensors(os.path.join(base_path, file))
         except Exception as error:
             raise RecipeError(f"model {label}: cannot read {file}: {error}") from None
-        shapes.update({name: shape for name, (_, shape) in stored.items() if tensor_files.get(name) == file})
-    return ModelInfo(label=label, config=dict(config), shapes=shapes)
+        for name, (dtype, shape) in stored.items():
+            if tensor_files.get(name) == file:
+                shapes[name], dtypes[name] = shape, dtype
+    return ModelInfo(label=label, config=dict(config), shapes=shapes, dtypes=dtypes)
+
+
+def refuse_non_float(info: ModelInfo, name: str) -> None:
+    """Only float tensors are merged: an integer or boolean one would be added as if it
+    were a float (and a load `dtype` would even convert it first, silently)."""
+    source = source_tensor(info, name) or name
+    dtype = info.dtypes.get(source)
+    if dtype is not None and dtype not in FLOAT_NAMES:
+        raise RecipeError(
+            f"model {info.label}: tensor {source} is stored as {dtype}; only float tensors "
+            f"({', '.join(FLOAT_NAMES)}) are merged"
+        )
 
 
 def check_compatible(target: ModelInfo, donors: Sequence[ModelInfo], *, what: str = "the target") -> Compatibility:
@@ -117,9 +134,11 @@ def _check_structure(target: ModelInfo, donor: ModelInfo, what: str) -> None:
 
 def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str) -> None:
     for name, shape in target.shapes.items():
+        refuse_non_float(target, name)
         source = source_tensor(donor, name)
         if source is None or source not in donor.shapes:
             raise RecipeError(f"model {donor.label}: tensor {name} is missing ({what} has it)")
+        refuse_non_float(donor, name)
         got = donor.shapes[source]
         if got == shape:
             continue

@@ -7,9 +7,12 @@ contract) and registered by name on import. The target is the recipe's
 mergekit parameter, so filters and per-layer gradients apply.
 """
 
+import os
+import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Dict, Hashable, Optional, Sequence, Tuple
 
 import click
@@ -27,9 +30,10 @@ from mergekit.merge_methods.base import (
 )
 
 from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.core.staging import refuse_output_over_inputs
 from mergekit_reasoning.method.compat import check_compatible
 from mergekit_reasoning.method.kernel import merge_tensor
-from mergekit_reasoning.method.models import check_roles, model_info
+from mergekit_reasoning.method.models import check_roles, model_info, refuse_non_float_inputs
 from mergekit_reasoning.method.roles import DEFAULT_VECTOR, Role
 
 NAME = "reasoning_vector"
@@ -67,6 +71,9 @@ class ReasoningVectorMerge(GroupMergeMethod):
     def _merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
         if all(isinstance(entry.id, ModelReference) for entry in group.non_base):
             _check_roles(tuple(sorted((str(k), v) for k, v in parameters["role"].items())))
+            if isinstance(group.base.id, ModelReference) and group.metadata.name:
+                # before a load `dtype` turned an integer tensor into floats
+                refuse_non_float_inputs(group.metadata.name, [group.base.id, *(e.id for e in group.non_base)])
         (merged,) = merge_tensor(
             group.base.tensor,
             {entry.id: entry.tensor for entry in group.non_base},
@@ -111,6 +118,30 @@ def own_executor():
 def _check_for_stock_executor(input_ids: Tuple[ModelReference, ...], base: ModelReference) -> None:
     if not _OWN_EXECUTOR.get():
         _check_models(input_ids, base)
+        out = _stock_output_path()
+        if out is not None:
+            _check_output_apart(out, (base, *input_ids))
+
+
+def _stock_output_path() -> Optional[str]:
+    """The folder the stock executor is about to write, or None where it cannot be seen.
+
+    mergekit tells a method nothing of its output, and writes it wherever it is told,
+    an input's folder included. It validates a method's inputs while planning, from
+    `MergePlanner.plan_to_disk(out_path)`, before any tensor is written: that call's
+    frame is the one place the output path is known by then.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "plan_to_disk" and isinstance(frame.f_locals.get("out_path"), (str, os.PathLike)):
+            return os.fspath(frame.f_locals["out_path"])
+        frame = frame.f_back
+    return None
+
+
+@lru_cache(maxsize=None)
+def _check_output_apart(out: str, models: Tuple[ModelReference, ...]) -> None:
+    refuse_output_over_inputs(Path(out), [Path(m.model.path) for m in models if os.path.exists(m.model.path)])
 
 
 @lru_cache(maxsize=None)

@@ -45,6 +45,11 @@ def regenerate(
         try:
             recipe = Recipe.read(path)
             recorded = manifest.completed(out)
+            if recorded is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise RecipeError(
+                    f"{out} exists and holds no merge manifest ({manifest.NAME}): regenerate replaces only the "
+                    "folders it merged; move it or pick another --out"
+                )
             inputs = None
             if recorded is not None:  # it may be current: hash the inputs to know
                 inputs = manifest.describe_inputs(recipe.check())
@@ -59,5 +64,8 @@ def regenerate(
             outcome.merged.append(path.name)
         except Error as error:
             echo(f"failed    {path.name}: {error}")
+            outcome.failed.append(path.name)
+        except Exception as error:  # one recipe's failure, whatever it is, does not stop the others
+            echo(f"failed    {path.name}: {type(error).__name__}: {error}")
             outcome.failed.append(path.name)
     return outcome
