@@ -231,3 +231,21 @@ def test_bench_says_a_model_folder_has_no_tokenizer(make_model, tmp_path):
     bare = make_model("bare", tokenizer=False)
     with pytest.raises(BenchError, match="has no tokenizer files"):
         check_model("m", str(bare))
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_disk_that_fails_while_metadata_is_written_is_one_line(trio, tmp_path, monkeypatch, code):
+    import errno
+
+    from mergekit_reasoning.executor import stream
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(stream, "_write_metadata", fail)
+    recipe = write_recipe(tmp_path, recipe_dict(trio["target"], trio["grpo"], trio["sft"]))
+    one_line_error(
+        invoke("merge", recipe, tmp_path / "out", "--quiet"), "cannot write", os.strerror(getattr(errno, code))
+    )
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
