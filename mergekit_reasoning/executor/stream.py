@@ -135,8 +135,26 @@ def _plan(checked: CheckedRecipe, options, out: Path):
     cfg_out = model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
     with own_executor():
         planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
-        plan = [t for t in planner.plan_to_disk(out_path=str(out)) if type(t).__name__ == "SaveTensor"]
-    return plan, cfg_out, arch_info
+        return _in_save_order(planner.plan_to_disk(out_path=str(out))), cfg_out, arch_info
+
+
+def _in_save_order(targets) -> list:
+    """The plan's SaveTensor tasks in the order mergekit's own executor saves them.
+
+    mergekit's writer fills a shard in the order tensors reach it and starts the next
+    one when it is full, so that order decides which shard holds which tensor. It is
+    the executor's schedule (its topological sort keyed on each task's group label and
+    priority), not the plan's list, and only mergekit can say what it is: the
+    schedule is built here with mergekit's own Executor, without running it.
+    """
+    from mergekit.graph import Executor
+
+    saves = [t for t in targets if type(t).__name__ == "SaveTensor"]
+    scheduled = [handle.task() for handle in Executor(targets=list(targets)).schedule.tasks]
+    position = {t.tensor_name: i for i, t in enumerate(scheduled) if type(t).__name__ == "SaveTensor"}
+    if set(position) != {t.tensor_name for t in saves}:
+        return saves  # a mergekit that schedules otherwise: keep the plan's order
+    return sorted(saves, key=lambda t: position[t.tensor_name])
 
 
 def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -> None:
