@@ -252,6 +252,11 @@ def main():
     parser.add_argument("--kernels", action="store_true", help="also compare kernel candidates in memory")
     parser.add_argument("--torch-compile", action="store_true", help="include torch.compile among the candidates")
     parser.add_argument("--kernels-only", action="store_true", help="only the in-memory kernel comparison")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma list of name prefixes: run only those approaches (with the copy floors and stock, for the ratios)",
+    )
     args = parser.parse_args()
 
     if args.kernels or args.kernels_only:
@@ -355,6 +360,14 @@ def main():
                     )
                 )
 
+        if args.only:
+            keep = (
+                "copy floor",
+                "stock mergekit-yaml task_arithmetic",
+                "mergekit-reasoning merge (",
+                *args.only.split(","),
+            )
+            approaches = [a for a in approaches if a[0].startswith(keep) or any(k in a[0] for k in keep)]
         runs = {name: [] for name, _, _ in approaches}
         for _round in range(args.repeats):  # interleaved: every approach once per round
             for name, argv, env in approaches:
@@ -388,26 +401,36 @@ def main():
             floor, stock = find("copy floor", device), find("stock mergekit-yaml task_arithmetic", device)
             ratios = "| |" if name.startswith("import") else f"| {r['wall'] / floor:.2f} | {r['wall'] / stock:.2f} |"
             print(f"| {name} | {r['wall']:.1f} | {r['rss_kb'] / 1e6:.2f} {ratios}")
-        one, many = find("mergekit-reasoning merge ("), find(f"mergekit-reasoning merge, {sweep} (")
-        before_one = best["mergekit-reasoning merge, torch kernel (before)"]["wall"]
-        before_many = best[f"mergekit-reasoning merge, {sweep}, torch kernel (before)"]["wall"]
-        floor_one, floor_many = find("copy floor: read all"), find(f"copy floor, the target written {args.sweep} times")
+
+        def found(prefix, device="cpu"):
+            return next((best[n]["wall"] for n in best if n.startswith(prefix) and f"({device})" in n), None)
+
+        one, many = found("mergekit-reasoning merge ("), found(f"mergekit-reasoning merge, {sweep} (")
+        floor_one, floor_many = (
+            found("copy floor: read all"),
+            found(f"copy floor, the target written {args.sweep} times"),
+        )
         print(
             f"\nmergekit-reasoning merge: {one / floor_one:.2f} × the copy floor, "
-            f"{one / find('copy floor, every input byte read'):.2f} × the floor that reads every input byte, "
-            f"{one / find('stock mergekit-yaml task_arithmetic'):.2f} × stock task_arithmetic"
+            f"{one / found('copy floor, every input byte read'):.2f} × the floor that reads every input byte, "
+            f"{one / found('stock mergekit-yaml task_arithmetic'):.2f} × stock task_arithmetic"
         )
-        print(
-            f"regenerate of the same recipe: {find('mergekit-reasoning regenerate') / one:.2f} × merge "
-            "(both through the executor's one entry point)"
-        )
-        extra = max(args.sweep - 1, 1)
-        print(
-            f"each extra λ of the sweep: {(many - one) / extra / one:.2f} × one merge "
-            f"(torch kernel before: {(before_many - before_one) / extra / before_one:.2f} ×); "
-            f"each extra copy of the copy floor: {(floor_many - floor_one) / extra / floor_one:.2f} × the floor, "
-            f"{(floor_many - floor_one) / extra:.1f} s"
-        )
+        if found("mergekit-reasoning regenerate"):
+            print(
+                f"regenerate of the same recipe: {found('mergekit-reasoning regenerate') / one:.2f} × merge "
+                "(both through the executor's one entry point)"
+            )
+        before = f"mergekit-reasoning merge, {sweep}, torch kernel (before)"
+        if many and before in best:
+            before_one = best["mergekit-reasoning merge, torch kernel (before)"]["wall"]
+            before_many = best[before]["wall"]
+            extra = max(args.sweep - 1, 1)
+            print(
+                f"each extra λ of the sweep: {(many - one) / extra / one:.2f} × one merge "
+                f"(torch kernel before: {(before_many - before_one) / extra / before_one:.2f} ×); "
+                f"each extra copy of the copy floor: {(floor_many - floor_one) / extra / floor_one:.2f} × the floor, "
+                f"{(floor_many - floor_one) / extra:.1f} s"
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

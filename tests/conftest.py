@@ -97,5 +97,8 @@ def make_model(models_root):
 
 
 def recipe_dict(target, grpo, sft, lam=1.0, **extra) -> dict:
-    """The plain pair recipe the sweep writes (`Recipe.for_pair`), with `extra` keys set."""
-    return {**Recipe.for_pair(target, grpo, sft, lam).data, **extra}
+    """The plain pair recipe the sweep writes (`Recipe.for_pair`), with `lam` as given (hostile
+    tests give other things than numbers) and `extra` keys set."""
+    recipe = Recipe.for_pair(target, grpo, sft).data
+    recipe["parameters"] = {"lambda": lam}
+    return {**recipe, **extra}

@@ -22,6 +22,10 @@ PACKAGES = (
 )
 
 
+# One of these makes a folder's tokenizer loadable by transformers.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def is_local(ref: str) -> bool:
     """A folder, or something written like a path; otherwise a hub id such as `org/name` or `org/name@rev`."""
     return os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.split("@", 1)[0].count("/") != 1
@@ -47,6 +51,11 @@ def check_model(label: str, ref: str) -> None:
         raise BenchError(f"cannot load model {label!r}: {ref} is not a folder or a hub id")
     if not (path / "config.json").is_file():
         raise BenchError(f"cannot load model {label!r}: {ref} has no config.json")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise BenchError(
+            f"cannot load model {label!r}: {ref} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "copy them from the target (a merge written with --no-copy-tokenizer has none)"
+        )
 
 
 def content_hash(folder: Path) -> str:

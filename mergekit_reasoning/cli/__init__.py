@@ -6,6 +6,7 @@ Every command reports a bad recipe or model as one line and exits non-zero.
 
 import atexit
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -59,7 +60,7 @@ def check(recipe: Path):
     click.echo(f"target: {checked.config.base_model}")
     for pair in checked.pairs:
         click.echo(f"vector {pair.name!r}: λ={pair.lam:g} × ({pair.grpo} − {pair.sft})")
-    for note in checked.compatibility.notes():
+    for note in checked.notes():
         click.echo(f"note: {note}")
     click.echo("ok: the recipe and its models are compatible")
 
@@ -201,26 +202,42 @@ def inspect_vector(vector, target, compare, plot, as_json):
     stats = vector_stats(vector, target=target, other=compare)
     click.echo(json.dumps(stats, indent=2) if as_json else format_table(stats))
     if plot:
-        plot_stats(stats, plot)
-        click.echo(f"wrote {plot}", err=True)
+        click.echo(f"wrote {plot_stats(stats, plot)}", err=True)
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--inputs", "check_inputs", is_flag=True, help="Also re-hash the inputs recorded in the manifest.")
+@click.option("--rehash", is_flag=True, help="With --inputs: read every input file, trusting no cached hash.")
 @click.option("--remerge", is_flag=True, help="Also merge again from the recorded recipe and compare the shards.")
-def verify(folder, check_inputs, remerge):
+def verify(folder, check_inputs, rehash, remerge):
     """Check a merge (or a vector folder) against its manifest; name every shard that differs."""
     from mergekit_reasoning.repro.verify import verify_folder
 
     if check_inputs or remerge:
         _hub_or_offline()
-    problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge)
+    notes = []
+    problems = verify_folder(folder, check_inputs=check_inputs, remerge=remerge, rehash=rehash, notes=notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     for problem in problems:
         click.echo(f"{folder}: {problem}", err=True)
     if problems:
         raise SystemExit(1)
     click.echo(f"ok: {folder} matches its manifest")
+
+
+@main.command()
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path, file_okay=False))
+def clean(folders):
+    """Remove what killed merges and extractions left beside their outputs (hidden .partial-,
+    .reserved- and .old- files of processes no longer running) in FOLDERS (default: here)."""
+    from mergekit_reasoning.core.staging import remove_leftovers
+
+    removed = [path for folder in folders or (Path("."),) for path in remove_leftovers(folder)]
+    for path in removed:
+        click.echo(f"removed {path}")
+    click.echo(f"{len(removed)} leftovers removed")
 
 
 @main.command()
@@ -272,6 +289,11 @@ main.add_command(bench_commands.reproduce_command)
 main.add_command(recipe_commands.recipes)
 
 
+def _terminated(signum, frame) -> None:
+    click.echo("terminated", err=True)
+    raise SystemExit(128 + signum)
+
+
 def run() -> None:
     """The console script: the CLI, then an exit that skips tearing the interpreter down.
 
@@ -280,7 +302,10 @@ def run() -> None:
     Nothing is left to do by then, so after the exit handlers have run and
     the output is flushed, the process ends at once. If a command left a
     non-daemon thread running, the ordinary exit waits for it instead.
+    A SIGTERM unwinds like Ctrl-C does: staging folders and reserved files
+    are removed on the way out.
     """
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
         code = 0

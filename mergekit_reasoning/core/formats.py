@@ -10,8 +10,11 @@ torch or mergekit at module level: the reservation runs before either is loaded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from mergekit_reasoning.core.errors import RecipeError
 
 # safetensors' float dtype names, in the order its serializer ranks them (the widest
 # last here: its header lists tensors by descending rank, then by name).
@@ -62,13 +65,23 @@ def broken_shard(folder) -> str:
     return ""
 
 
+def refuse_outside(label: str, name: str) -> None:
+    """A model's index names files inside its folder: an absolute path or a `..` step would
+    read (and hash) a file that is not the model's."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise RecipeError(f"model {label}: its index points outside its folder, at {name!r}")
+
+
 def weight_files(folder) -> List[str]:
     """The safetensors files of a model folder, in index order, without importing mergekit
     (whose `ShardedTensorIndex` does this for everything that runs after its import)."""
     folder = Path(folder)
     index = folder / SAFETENSORS_INDEX
     if index.is_file():
-        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        for name in names:
+            refuse_outside(str(folder), name)
+        return names
     return [SINGLE_SHARD]
 
 

@@ -2,7 +2,7 @@
 
 Manifests name every input and output file by SHA-256. Hashing a 15 GB model on
 every regeneration would cost more than the merge, so a file's hash is cached
-under its path, size, modification time and inode; any change to the file
+under its path, size, modification and change times and inode; any change to the file
 changes one of them and forces a fresh hash.
 """
 
@@ -56,7 +56,7 @@ def cached_sha256(path: os.PathLike) -> str:
     (for LFS files, which weights are), so hub inputs cost nothing to hash.
     """
     path = Path(path).resolve()
-    if path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name):
+    if _named_by_digest(path):
         return path.name
     key = _key(path)
     known = _read_cache().get(key)
@@ -67,6 +67,17 @@ def cached_sha256(path: os.PathLike) -> str:
     return digest
 
 
+def _named_by_digest(path: Path) -> bool:
+    return path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name)
+
+
+def known_without_reading(path: os.PathLike) -> bool:
+    """Whether `cached_sha256` would answer without reading the file: a hub blob named by
+    its digest, or a cache entry for this path, size, modification time and inode."""
+    path = Path(path).resolve()
+    return _named_by_digest(path) or _key(path) in _read_cache()
+
+
 def remember_sha256(path: os.PathLike, digest: str) -> None:
     """Record a hash computed elsewhere (a merge hashes the shards it writes), so the
     next reader of the file, such as the benchmark harness, need not read it again."""
@@ -75,8 +86,8 @@ def remember_sha256(path: os.PathLike, digest: str) -> None:
 
 
 def _key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    stat = path.stat()  # ctime too: a rewrite that restores the modification time still moves it
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
 
 
 def _read_cache() -> Dict[str, str]:
@@ -104,13 +115,26 @@ def hash_files(folder: Path, names: Iterable[str], *, cached: bool = True) -> Di
     return {name: hasher(Path(folder) / name) for name in sorted(names)}
 
 
+# Besides the weights, the files that change what a model computes or how it is prompted.
+DEFINING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+
+
 def model_files(folder: Path) -> list:
-    """The files that define a model's weights and structure."""
+    """The files that define a model: weights, config, index, tokenizer and generation settings."""
     folder = Path(folder)
     names = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
-    names += [
-        n
-        for n in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-        if (folder / n).exists()
-    ]
+    names += [n for n in DEFINING_FILES if (folder / n).exists()]
     return sorted(set(names))

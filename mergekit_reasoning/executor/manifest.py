@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.hashing import hash_files, model_files, sha256_file
+from mergekit_reasoning.core.hashing import hash_files, known_without_reading, model_files, sha256_file
 from mergekit_reasoning.core.provenance import package_versions
 
 NAME = "reasoning_merge.json"
@@ -117,6 +117,8 @@ def completed(folder: Path) -> Optional[Dict]:
     place whole, so a folder with a readable manifest whose shards are all there is
     complete; anything else (an interrupted run, a foreign folder) is not.
     """
+    if not Path(folder).is_dir():
+        return None
     try:
         manifest = read_manifest(folder)
     except RecipeError:
@@ -144,17 +146,26 @@ def shard_problems(folder: Path, recorded: Dict[str, str]) -> List[str]:
     return problems
 
 
-def input_problems(manifest: Dict) -> List[str]:
-    """Inputs whose files no longer hash as they did when the merge was made."""
+def input_problems(manifest: Dict, *, rehash: bool = False) -> Tuple[List[str], int]:
+    """Inputs whose files no longer hash as they did when the merge was made, and how many
+    files' hashes came from the hash cache (keyed on path, size, modification time and
+    inode, or a hub blob's own name) rather than a read; `rehash` reads every file."""
     from mergekit.common import ModelReference
 
     from mergekit_reasoning.method.models import local_folder
 
-    problems = []
+    problems, from_cache = [], 0
     for entry in manifest["inputs"]:
         folder, _ = local_folder(ModelReference.model_validate(entry["model"]))
-        current = hash_files(folder, [n for n in entry["files"] if (folder / n).exists()])
+        present = [n for n in entry["files"] if (folder / n).exists()]
+        if not rehash:
+            from_cache += sum(known_without_reading(folder / n) for n in present)
+        current = hash_files(folder, present, cached=not rehash)
         for name, digest in entry["files"].items():
             if current.get(name) != digest:
                 problems.append(f"input {entry['model']}: {name} changed since the merge")
-    return problems
+        for name in sorted(set(model_files(folder)) - set(entry["files"])):
+            problems.append(
+                f"input {entry['model']}: {name} is not in the manifest (new since the merge, or not recorded then)"
+            )
+    return problems, from_cache

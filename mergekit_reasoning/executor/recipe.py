@@ -19,8 +19,15 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.method.roles import lambda_problem
 
 METHOD = "reasoning_vector"
+# Bounds a recipe must keep before any validation runs: YAML aliases can make a few
+# bytes stand for billions of values, and nesting can exhaust the validator's stack.
+MAX_BYTES = 1 << 20
+MAX_VALUES = 100_000  # after expanding aliases
+MAX_DEPTH = 32
+LARGE_LAMBDA = 100.0  # beyond this |λ| a note says the merge is likely not what was meant
 
 
 @dataclass
@@ -31,6 +38,11 @@ class CheckedRecipe:
     config: Any  # mergekit.config.MergeConfiguration
     pairs: List[Any]  # roles.VectorPair[ModelReference]
     compatibility: Any  # compat.Compatibility
+    lambda_notes: List[str] = field(default_factory=list)
+
+    def notes(self) -> List[str]:
+        """What a user should know before merging: policies applied, unusual λ."""
+        return self.compatibility.notes() + self.lambda_notes
 
 
 @dataclass
@@ -55,12 +67,17 @@ class Recipe:
 
     @classmethod
     def from_text(cls, text: str, *, source: str = "recipe") -> "Recipe":
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+            raise RecipeError(f"recipe {source}: larger than {MAX_BYTES >> 20} MiB; a recipe is a few lines of YAML")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise RecipeError(f"recipe {source}: not valid YAML: {str(error).splitlines()[0]}") from None
+        except RecursionError:
+            raise RecipeError(f"recipe {source}: nested deeper than {MAX_DEPTH} levels") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{source}: expected a mapping of recipe keys")
+        _check_bounds(data, source)
         return cls(text=text, source=source, data=data)
 
     @classmethod
@@ -96,10 +113,13 @@ class Recipe:
             return None
 
     def model_refs(self) -> List[str]:
-        """The target and the donors listed under `models:`, as written (no mergekit)."""
-        models = self.data.get("models") or []
-        refs = [self.data.get("base_model")] + [m.get("model") for m in models if isinstance(m, dict)]
-        return [r for r in refs if isinstance(r, str)]
+        """The target and every donor (under `models:` and `slices:`), as written (no mergekit)."""
+        entries = list(self.data.get("models") or [])
+        for output_slice in self.data.get("slices") or []:
+            if isinstance(output_slice, dict):
+                entries.extend(output_slice.get("sources") or [])
+        refs = [self.data.get("base_model")] + [m.get("model") for m in entries if isinstance(m, dict)]
+        return list(dict.fromkeys(r for r in refs if isinstance(r, str)))
 
     def config(self) -> Any:
         """The recipe as mergekit's MergeConfiguration; RecipeError unless it is a
@@ -120,7 +140,10 @@ class Recipe:
     def check(self) -> CheckedRecipe:
         """Pair the donors by role and check every model against the target (once)."""
         if self._checked is None:
-            self._checked = _check(self.text, self.config())
+            notes = [note for where, value in _lambda_settings(self.data) for note in _check_lambda(value, where)]
+            config = self.config()
+            self._checked = _check(self.text, config)
+            self._checked.lambda_notes = notes
         return self._checked
 
 
@@ -180,6 +203,66 @@ def _slice_layers(config: Any, model_info) -> Optional[Dict[str, Dict[int, int]]
         for donor, layers in slice_layers(str(base), sources, depths).items():
             maps.setdefault(donor, {}).update(layers)
     return maps
+
+
+def _check_bounds(data: Any, source: str) -> None:
+    """Refuse recipes whose YAML, aliases expanded, holds too many values or nests too
+    deep (or refers to itself), before any validator walks it."""
+    budget = [MAX_VALUES]
+
+    def walk(value: Any, depth: int, path: tuple) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise RecipeError(f"recipe {source}: more than {MAX_VALUES} values once its YAML aliases are expanded")
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"recipe {source}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, (dict, list)):
+            if id(value) in path:
+                raise RecipeError(f"recipe {source}: a YAML alias refers to itself")
+            children = value.values() if isinstance(value, dict) else value
+            for child in children:
+                walk(child, depth + 1, path + (id(value),))
+
+    walk(data, 0, ())
+
+
+def _lambda_settings(data: Dict[str, Any]):
+    """(where, value) of every `lambda` a recipe sets: for the whole recipe, per model, per slice source."""
+    entries = [("the recipe", data)]
+    entries += [(f"model {m.get('model')}", m) for m in data.get("models") or [] if isinstance(m, dict)]
+    for output_slice in data.get("slices") or []:
+        for source in (output_slice.get("sources") or []) if isinstance(output_slice, dict) else []:
+            if isinstance(source, dict):
+                entries.append((f"model {source.get('model')}", source))
+    for where, entry in entries:
+        parameters = entry.get("parameters")
+        if isinstance(parameters, dict) and "lambda" in parameters:
+            yield where, parameters["lambda"]
+
+
+def _check_lambda(value: Any, where: str) -> List[str]:
+    """`lambda` must be a finite number, or a list of them (a gradient), or filtered values;
+    returns a note for an |λ| so large the merge is likely not what was meant."""
+    numbers = []
+
+    def collect(item: Any) -> None:
+        if isinstance(item, dict) and "value" in item:
+            collect(item["value"])
+        elif isinstance(item, list) and item:
+            for part in item:
+                collect(part)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            numbers.append(float(item))
+        else:
+            raise RecipeError(f"{where}: lambda must be a number (or a list of numbers), got {item!r}")
+
+    collect(value)
+    for number in numbers:
+        problem = lambda_problem(number)
+        if problem is not None:
+            raise RecipeError(f"{where}: {problem}")
+    large = [x for x in numbers if abs(x) > LARGE_LAMBDA]
+    return [f"{where}: lambda {large[0]:g} is far outside the usual range (|λ| ≤ {LARGE_LAMBDA:g})"] if large else []
 
 
 def _scalar(value: Any, ref: Any, name: str) -> Any:

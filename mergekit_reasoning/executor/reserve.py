@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from mergekit_reasoning.core.formats import ELEMENT_BYTES, NAMED_BYTES, split_by_size, stored_tensors, weight_files
+from mergekit_reasoning.core.staging import remove_leftovers
 from mergekit_reasoning.executor.recipe import Recipe, model_dir
 
 LOG = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def reserve(
             if not out.parent.is_dir():
                 files.append([])
                 continue
+            remove_leftovers(out.parent, out.name)  # what killed runs reserved here before
             files.append(
                 [_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size) for k, size in enumerate(sizes)]
             )

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
+from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.hashing import cache_root
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
+from mergekit_reasoning.core.staging import check_output_name, refuse_non_empty, refuse_output_over_inputs
 from mergekit_reasoning.executor.readahead import advise, available_memory, recipe_model_dirs, reclaimable_memory
-from mergekit_reasoning.executor.recipe import Recipe
+from mergekit_reasoning.executor.recipe import Recipe, model_dir
 from mergekit_reasoning.executor.reserve import reserve
+from mergekit_reasoning.method.roles import lambda_problem
 
 LOG = logging.getLogger(__name__)
 RESERVE_CAP = 4 << 30  # bytes of output paged in ahead at most
@@ -53,7 +56,19 @@ class MergeSettings:
         from mergekit.common import parse_kmb
         from mergekit.options import MergeOptions
 
-        size = self.out_shard_size if isinstance(self.out_shard_size, int) else parse_kmb(self.out_shard_size)
+        try:
+            size = self.out_shard_size if isinstance(self.out_shard_size, int) else parse_kmb(self.out_shard_size)
+        except (ValueError, TypeError, IndexError, KeyError):
+            size = None
+        if not isinstance(size, int) or size <= 0:
+            raise RecipeError(
+                f"--out-shard-size {self.out_shard_size!r}: give a positive count such as 5B, 500M or 1000000"
+            )
+        if self.cuda or self.read_to_gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RecipeError("--cuda: no CUDA device is available here (torch sees none); merge without --cuda")
         return MergeOptions(
             cuda=self.cuda or self.read_to_gpu,
             read_to_gpu=self.read_to_gpu,
@@ -63,9 +78,31 @@ class MergeSettings:
         )
 
 
+def lambda_text(lam: float) -> str:
+    """λ as folder names and labels write it: short (`0.5`, `-1`), and never the same text
+    for two different values (`{:g}` keeps 6 digits, so 0.1234567 gets all of them)."""
+    short = f"{lam:g}"
+    return short if float(short) == lam else repr(float(lam))
+
+
+def check_lambdas(lambdas: Sequence[float]) -> None:
+    """Swept λ values must be finite numbers, each given once."""
+    seen = set()
+    for lam in lambdas:
+        problem = lambda_problem(lam)
+        if problem is not None:
+            raise RecipeError(problem)
+        if float(lam) in seen:
+            raise RecipeError(f"lambda {lambda_text(lam)} is given twice")
+        seen.add(float(lam))
+
+
 def sweep_folders(out: Path, lambdas: Optional[Sequence[float]]) -> List[Path]:
     """The output folders of a merge: `out` itself, or `out/lambda_<λ>` per swept λ."""
-    return [Path(out) / f"lambda_{lam:g}" for lam in lambdas] if lambdas else [Path(out)]
+    if not lambdas:
+        return [Path(out)]
+    check_lambdas(lambdas)
+    return [Path(out) / f"lambda_{lambda_text(lam)}" for lam in lambdas]
 
 
 def merge(
@@ -85,6 +122,13 @@ def merge(
     `echo` receives the notes a user should see (the offline switch, policies).
     """
     outs = [Path(p) for p in outs]
+    if lambdas is not None:
+        check_lambdas(lambdas)
+    inputs_here = [Path(model_dir(ref)) for ref in recipe.model_refs()]
+    for out in outs:  # before anything is read or reserved
+        check_output_name(out)
+        refuse_output_over_inputs(out, inputs_here)
+        refuse_non_empty(out, overwrite)
     budget = min(reclaimable_memory() // 5, RESERVE_CAP)
     reservation = reserve(recipe, outs, settings.shard_bytes(), budget=budget)
     try:
@@ -97,7 +141,7 @@ def merge(
         options = settings.mergekit_options()
         LoaderCache().setup(options=options)  # LoRA donors are checked as merged, as they are read
         checked = recipe.check()
-        for note in checked.compatibility.notes():
+        for note in checked.notes():
             echo(f"warning: {note}")
         return stream.merge(
             checked,

@@ -18,6 +18,7 @@ with a note, into the same staging folder and manifest.
 
 import errno
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from importlib import metadata
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import yaml
 
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.hashing import remember_sha256
@@ -36,7 +38,7 @@ from mergekit_reasoning.executor.recipe import CheckedRecipe
 from mergekit_reasoning.executor.shard_writer import MappedShards
 from mergekit_reasoning.method.compat import HEAD
 from mergekit_reasoning.method.kernel import merge_tensor
-from mergekit_reasoning.method.models import model_info
+from mergekit_reasoning.method.models import model_info, refuse_non_float_inputs
 from mergekit_reasoning.method.reasoning_vector import own_executor
 
 LOG = logging.getLogger(__name__)
@@ -133,8 +135,26 @@ def _plan(checked: CheckedRecipe, options, out: Path):
     cfg_out = model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
     with own_executor():
         planner = MergePlanner(config, arch_info, options=options, out_model_config=cfg_out)
-        plan = [t for t in planner.plan_to_disk(out_path=str(out)) if type(t).__name__ == "SaveTensor"]
-    return plan, cfg_out, arch_info
+        return _in_save_order(planner.plan_to_disk(out_path=str(out))), cfg_out, arch_info
+
+
+def _in_save_order(targets) -> list:
+    """The plan's SaveTensor tasks in the order mergekit's own executor saves them.
+
+    mergekit's writer fills a shard in the order tensors reach it and starts the next
+    one when it is full, so that order decides which shard holds which tensor. It is
+    the executor's schedule (its topological sort keyed on each task's group label and
+    priority), not the plan's list, and only mergekit can say what it is: the
+    schedule is built here with mergekit's own Executor, without running it.
+    """
+    from mergekit.graph import Executor
+
+    saves = [t for t in targets if type(t).__name__ == "SaveTensor"]
+    scheduled = [handle.task() for handle in Executor(targets=list(targets)).schedule.tasks]
+    position = {t.tensor_name: i for i, t in enumerate(scheduled) if type(t).__name__ == "SaveTensor"}
+    if set(position) != {t.tensor_name for t in saves}:
+        return saves  # a mergekit that schedules otherwise: keep the plan's order
+    return sorted(saves, key=lambda t: position[t.tensor_name])
 
 
 def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -> None:
@@ -195,6 +215,7 @@ def _load(task) -> Dict:
 def _merge_one(task, tensors: Dict, device: torch.device, lambdas, out=None) -> List[torch.Tensor]:
 
     donors = [m for m in task.model_order if m != task.base_model]
+    refuse_non_float_inputs(task.output_weight.name, [task.base_model, *donors])
     params = task.input_parameters
     return merge_tensor(
         tensors[task.base_model].to(device),
@@ -257,9 +278,10 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
     config = checked.config
     cfg_out.save_pretrained(str(path))
     if options.write_model_card:
-        card = generate_card(config=config, config_yaml=checked.text, name=name)
+        card_config = _card_config(checked)
+        card = generate_card(config=card_config, config_yaml=checked.text, name=name)
         if not getattr(generate_card, "_mergekit_reasoning_card", False):
-            card = with_reasoning_section(card, config)
+            card = with_reasoning_section(card, card_config)
         (path / "README.md").write_text(card, encoding="utf-8")
         (path / "mergekit_config.yml").write_text(checked.text, encoding="utf-8")
     if options.copy_tokenizer:
@@ -268,3 +290,26 @@ def _write_metadata(checked: CheckedRecipe, cfg_out, arch_info, path: Path, opti
         except Exception as error:  # as mergekit-yaml: the weights are still good
             LOG.error("Failed to copy the tokenizer (%s); copy it from the target yourself.", error)
     copy_tagalong_files(config, str(path), files=arch_info.tagalong_files or [], options=options)
+
+
+def _card_config(checked: CheckedRecipe):
+    """The recipe as mergekit's card generator should see it. For a `name/part` reference
+    it asks the hub whether that is a repository, even when a local folder of that name
+    exists, and offline the question is an error: such folders are written `./name/part`."""
+    from mergekit.config import MergeConfiguration
+
+    def explicit(value):
+        if isinstance(value, dict):
+            return {k: _local_spelled_out(v) if k in ("model", "base_model") else explicit(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [explicit(v) for v in value]
+        return value
+
+    data = yaml.safe_load(checked.text)
+    return MergeConfiguration.model_validate(explicit(data)) if isinstance(data, dict) else checked.config
+
+
+def _local_spelled_out(ref):
+    if not isinstance(ref, str) or ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        return ref
+    return "./" + ref if os.path.isdir(ref.split("@")[0].split("+")[0]) else ref

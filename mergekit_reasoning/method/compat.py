@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.formats import stored_tensors
+from mergekit_reasoning.core.formats import FLOAT_NAMES, refuse_outside, stored_tensors
 
 # Config fields that must agree for the same tensor name to mean the same thing.
 STRUCTURE_KEYS = (
@@ -45,6 +45,7 @@ class ModelInfo:
     label: str
     config: Mapping
     shapes: Mapping[str, Tuple[int, ...]]
+    dtypes: Mapping[str, str] = field(default_factory=dict)  # safetensors dtype names, where headers tell
 
     @property
     def tied(self) -> bool:
@@ -81,29 +82,70 @@ class Compatibility:
 
 
 def read_model_info(label: str, base_path: str, tensor_files: Mapping[str, str], config: Mapping) -> ModelInfo:
-    """Shapes of a model's tensors from its shards' headers, whatever their format."""
+    """Shapes and dtypes of a model's tensors from its shards' headers, whatever their format."""
     shapes: Dict[str, Tuple[int, ...]] = {}
+    dtypes: Dict[str, str] = {}
     for file in sorted(set(tensor_files.values())):
+        refuse_outside(label, file)
         try:
-            stored = stored_shapes(os.path.join(base_path, file))
+            stored = stored_headers(os.path.join(base_path, file))
         except Exception as error:
             raise RecipeError(f"model {label}: cannot read {file}: {error}") from None
-        shapes.update({name: shape for name, shape in stored.items() if tensor_files.get(name) == file})
-    return ModelInfo(label=label, config=dict(config), shapes=shapes)
+        for name, (dtype, shape) in stored.items():
+            if tensor_files.get(name) == file:
+                shapes[name], dtypes[name] = shape, dtype
+    return ModelInfo(label=label, config=dict(config), shapes=shapes, dtypes=dtypes)
 
 
-def stored_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
-    """name -> shape of one weights file, without reading a weight: a safetensors header,
-    or a pickle's tensor records loaded onto torch's `meta` device, which allocates and
-    reads no storage (as mergekit indexes a single pickled file), safely (`weights_only`)."""
+def refuse_non_float(info: ModelInfo, name: str) -> None:
+    """Only float tensors are merged: an integer or boolean one would be added as if it
+    were a float (and a load `dtype` would even convert it first, silently)."""
+    source = source_tensor(info, name) or name
+    dtype = info.dtypes.get(source)
+    if dtype is not None and dtype not in FLOAT_NAMES:
+        raise RecipeError(
+            f"model {info.label}: tensor {source} is stored as {dtype}; only float tensors "
+            f"({', '.join(FLOAT_NAMES)}) are merged"
+        )
+
+
+# torch dtypes of pickled tensors under their safetensors names, as the checks compare them
+PICKLED_NAMES = {
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def stored_headers(path: str) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """name -> (safetensors dtype name, shape) of one weights file, without reading a weight:
+    a safetensors header, or a pickle's tensor records loaded onto torch's `meta` device,
+    which allocates and reads no storage (as mergekit indexes a single pickled file),
+    safely (`weights_only`)."""
     if path.endswith(".safetensors"):
-        return {name: shape for name, (_, shape) in stored_tensors(path).items()}
+        return stored_tensors(path)
     import torch
 
     state = torch.load(path, map_location="meta", weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state:  # as mergekit reads such files
         state = state["state_dict"]
-    return {name: tuple(value.shape) for name, value in state.items() if isinstance(value, torch.Tensor)}
+    return {
+        name: (PICKLED_NAMES.get(str(value.dtype).removeprefix("torch."), str(value.dtype)), tuple(value.shape))
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def stored_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
+    """name -> shape of one weights file, safetensors or pickled, without reading a weight."""
+    return {name: shape for name, (_, shape) in stored_headers(path).items()}
 
 
 def check_compatible(
@@ -202,6 +244,7 @@ def _check_structure(target: ModelInfo, donor: ModelInfo, what: str, *, depth: b
 
 def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str, layers: LayerMaps) -> None:
     for name, shape in target.shapes.items():
+        refuse_non_float(target, name)
         source = source_tensor(donor, name)
         layer = layer_of(name) if layers is not None else None
         if layer is not None:
@@ -215,6 +258,7 @@ def _check_tensors(target: ModelInfo, donor: ModelInfo, what: str, layers: Layer
                 source = ".".join(filter(None, (prefix, str(layers[index]), rest)))
         if source is None or source not in donor.shapes:
             raise RecipeError(f"model {donor.label}: tensor {source or name} is missing ({what} has {name})")
+        refuse_non_float(donor, source)
         got = donor.shapes[source]
         if got == shape:
             continue

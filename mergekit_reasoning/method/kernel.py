@@ -18,6 +18,9 @@ from typing import Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from mergekit_reasoning.core.errors import RecipeError
+from mergekit_reasoning.method.roles import lambda_problem, pair_donors
+
 Vector = Tuple[torch.Tensor, torch.Tensor, float]  # (grpo, sft, lambda)
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per block
 LOG = logging.getLogger(__name__)
@@ -190,9 +193,16 @@ def merge_tensor(
     are written into those tensors and converted to their dtype exactly as
     `.to(dtype)` would convert the returned ones.
     """
-    from mergekit_reasoning.method.roles import pair_donors
-
     pairs = pair_donors(list(donors), roles, vectors, lambdas, where=name)
+    for label, tensor in (("the target", target), *((f"model {m}", t) for m, t in donors.items())):
+        if not tensor.is_floating_point():
+            raise RecipeError(
+                f"tensor {name} of {label} is {str(tensor.dtype).removeprefix('torch.')}; only float tensors are merged"
+            )
+    for lam in list(lambda_values or []):
+        problem = lambda_problem(lam)
+        if problem is not None:
+            raise RecipeError(f"tensor {name}: {problem}")
     if lambda_values is None:
         lambda_sets = [[pair.lam for pair in pairs]]
     else:

@@ -7,6 +7,8 @@ size, modification time and inode of each), so a model changed on disk between
 two merges in one process is read and checked again.
 """
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
@@ -18,19 +20,22 @@ from mergekit.io.tasks import LoaderCache
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import broken_shard
 from mergekit_reasoning.core.hashing import Identity, path_identity
-from mergekit_reasoning.method.compat import ModelInfo, read_model_info
+from mergekit_reasoning.method.compat import ModelInfo, read_model_info, refuse_non_float
 from mergekit_reasoning.method.vector_format import (
     check_against_shards,
     check_roles_and_dtypes,
+    check_shard_hashes,
     read_manifest,
     sparse_message,
 )
 
+MAX_LAYERS = 4096  # a config claiming more is not a model this package can plan
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def loader(ref: ModelReference):
     """mergekit's lazy loader for `ref`: a hub download when it is not a local folder."""
+    refuse_missing_folder(ref)
     try:
         return LoaderCache().get(ref)
     except Exception as error:
@@ -95,7 +100,9 @@ def _model_info(ref: ModelReference, identity: Identity) -> ModelInfo:
         adapter = Path(ref.lora.path)
         if adapter.is_dir() and not (adapter / "adapter_config.json").is_file():
             raise RecipeError(f"model {ref}: {adapter} holds no adapter_config.json, so it is not a LoRA adapter")
-        return ModelInfo(label=str(ref), config=info.config, shapes=info.shapes)
+        return ModelInfo(label=str(ref), config=info.config, shapes=info.shapes, dtypes=info.dtypes)
+    refuse_missing_folder(ref)
+    _refuse_absurd_config(ref)
     try:
         config = ref.config(trust_remote_code=LoaderCache().trust_remote_code).to_dict()
     except Exception as error:
@@ -111,7 +118,33 @@ def _model_info(ref: ModelReference, identity: Identity) -> ModelInfo:
         if manifest.get("storage") == "sparse":
             raise RecipeError(sparse_message(ref))
         check_against_shards(str(ref), manifest, info)
+        check_shard_hashes(index.base_path, manifest)
     return info
+
+
+def refuse_missing_folder(ref: ModelReference) -> None:
+    """A reference written as a folder that does not exist is that, not a bad hub id."""
+    path = ref.model.path
+    if _written_as_a_folder(path) and not os.path.exists(os.path.expanduser(path)):
+        raise RecipeError(f"model {ref}: no such folder")
+
+
+def _refuse_absurd_config(ref: ModelReference) -> None:
+    """Read a local config's layer count before transformers does: it builds per-layer
+    lists, so a config claiming 10^8 layers would take minutes and gigabytes."""
+    path = os.path.join(os.path.expanduser(ref.model.path), "config.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            layers = json.load(handle).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return  # not local, or unreadable: reported where transformers reads it
+    if isinstance(layers, int) and not isinstance(layers, bool) and not 0 < layers <= MAX_LAYERS:
+        raise RecipeError(f"model {ref}: its config claims {layers} layers (at most {MAX_LAYERS} are believed)")
+
+
+def _written_as_a_folder(path: str) -> bool:
+    """A reference no hub id looks like: absolute, relative with ./ or ~, or several levels deep."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
 
 
 def vector_manifest(ref: ModelReference):
@@ -135,3 +168,9 @@ def check_roles(roles, load_dtype=None) -> None:
     check_roles_and_dtypes(
         [(ref, role) for ref, role in roles], {ref: vector_manifest(ref) for ref, _ in roles}, load_dtype
     )
+
+
+def refuse_non_float_inputs(name: str, refs) -> None:
+    """Every model's stored `name` must be a float tensor (read from its header)."""
+    for ref in refs:
+        refuse_non_float(model_info(ref), name)

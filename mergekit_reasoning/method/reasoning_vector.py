@@ -10,15 +10,17 @@ mergekit parameter, so filters and per-layer gradients apply.
 generic parameters to every registered method (its own test suite does), get
 the arithmetic on in-memory inputs read in order: base, GRPO, SFT. Models never
 go by order: a model without a role is refused in one line, by `check` and
-`mergekit-reasoning merge` before anything is read, and by stock mergekit at
-the first tensor, before anything is written. `role` is bound for every input,
+`mergekit-reasoning merge` before anything is read, and by stock mergekit while
+it plans, before anything is written. `role` is bound for every input,
 the target included, so that a target also listed as a donor is named as such.
 """
 
+import os
 import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Dict, Hashable, Optional, Sequence, Tuple
 
 import click
@@ -36,6 +38,7 @@ from mergekit.merge_methods.base import (
 )
 
 from mergekit_reasoning.core.errors import Error, RecipeError
+from mergekit_reasoning.core.staging import refuse_output_over_inputs
 from mergekit_reasoning.method import merge_card
 from mergekit_reasoning.method.compat import (
     COMMON,
@@ -46,7 +49,13 @@ from mergekit_reasoning.method.compat import (
     slice_layers,
 )
 from mergekit_reasoning.method.kernel import merge_tensor
-from mergekit_reasoning.method.models import check_roles, model_identity, model_info, single_file
+from mergekit_reasoning.method.models import (
+    check_roles,
+    model_identity,
+    model_info,
+    refuse_non_float_inputs,
+    single_file,
+)
 from mergekit_reasoning.method.roles import DEFAULT_VECTOR, Role, pair_donors, roles_in_order, target_as_donor
 
 NAME = "reasoning_vector"
@@ -91,6 +100,9 @@ class ReasoningVectorMerge(GroupMergeMethod):
         donors = [entry.id for entry in group.non_base]
         if all(isinstance(donor, ModelReference) for donor in donors):
             _check_roles(tuple(sorted((str(k), v) for k, v in roles.items())))
+            if isinstance(group.base.id, ModelReference) and group.metadata.name:
+                # before a load `dtype` turned an integer tensor into floats
+                refuse_non_float_inputs(group.metadata.name, [group.base.id, *donors])
         else:
             roles = roles_in_order(donors, roles)
         (merged,) = merge_tensor(
@@ -137,6 +149,27 @@ def own_executor():
 # (model, layer_range or None, {parameter: setting}) for each input of what mergekit plans
 Planned = Tuple[Tuple[ModelReference, Optional[Tuple[int, int]], Dict[str, Any]], ...]
 PLAN_TIME = ("role", "vector", "lambda")
+
+
+def _stock_output_path() -> Optional[str]:
+    """The folder the stock executor is about to write, or None where it cannot be seen.
+
+    mergekit tells a method nothing of its output, and writes it wherever it is told,
+    an input's folder included. It validates a method's inputs while planning, from
+    `MergePlanner.plan_to_disk(out_path)`, before any tensor is written: that call's
+    frame is the one place the output path is known by then.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "plan_to_disk" and isinstance(frame.f_locals.get("out_path"), (str, os.PathLike)):
+            return os.fspath(frame.f_locals["out_path"])
+        frame = frame.f_back
+    return None
+
+
+@lru_cache(maxsize=None)
+def _check_output_apart(out: str, models: Tuple[ModelReference, ...]) -> None:
+    refuse_output_over_inputs(Path(out), [Path(m.model.path) for m in models if os.path.exists(m.model.path)])
 
 
 def _planned_inputs(frame) -> Optional[Planned]:
@@ -199,6 +232,9 @@ def _check_for_stock_executor(
             depths = {str(model): model_info(model).config.get(DEPTH) for model, _, _ in planned}
             layers = slice_layers(str(base), ranged, depths)
     _check_models(input_ids, base, layers)
+    out = _stock_output_path()
+    if out is not None:
+        _check_output_apart(out, (base, *input_ids))
 
 
 def _check_planned_roles(base: ModelReference, planned: Planned) -> None:

@@ -10,6 +10,7 @@ generic callers pass no method-specific parameters, may leave them out: its
 inputs are then read in order, base, GRPO, SFT (`roles_in_order`).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Generic, Hashable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -23,6 +24,18 @@ STORED = "vector"
 DEFAULT_VECTOR = "reasoning"
 
 M = TypeVar("M", bound=Hashable)
+# The kernel does its arithmetic in float32 (float64 for float64 inputs): a λ past float32's
+# range would be infinite there, and so would every weight it touches.
+LAMBDA_LIMIT = 3.4028234663852886e38
+
+
+def lambda_problem(lam) -> Optional[str]:
+    """Why `lam` cannot be a λ, or None: a finite number within float32's range."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        return f"lambda must be a number, got {lam!r}"
+    if not math.isfinite(lam) or abs(lam) > LAMBDA_LIMIT:
+        return f"lambda must be finite (within float32's range), got {lam}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ def pair_donors(
     suffix = f" (at {where})" if where else ""
     by_vector: Dict[str, Dict[str, List[M]]] = {}
     for donor in donors:
+        problem = lambda_problem(lambdas.get(donor, 1.0))
+        if problem is not None:
+            raise RecipeError(f"model {donor}: {problem}{suffix}")
         role = roles.get(donor)
         if role is None:
             raise RecipeError(f"model {donor} has no role: give it `role: grpo` or `role: sft`{suffix}")

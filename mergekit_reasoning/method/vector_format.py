@@ -7,12 +7,13 @@ the code that writes vectors: the modules depend one way, not in a circle.
 
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import VECTOR_DTYPES
+from mergekit_reasoning.core.hashing import cached_sha256
 
 MANIFEST = "reasoning_vector.json"
 FORMAT = "mergekit-reasoning/vector"
@@ -29,9 +30,55 @@ def read_manifest(folder: Path) -> Optional[Dict]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
         raise RecipeError(f"vector {folder}: {MANIFEST} is not valid JSON: {error}") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RecipeError(f"vector {folder}: {MANIFEST} is not a mergekit-reasoning vector manifest")
+    _check_fields(folder, manifest)
     return manifest
+
+
+def _check_fields(folder: Path, manifest: Dict) -> None:
+    """A manifest the code can rely on: each field present and of its kind."""
+
+    def bad(field: str) -> RecipeError:
+        return RecipeError(f"vector {folder}: {MANIFEST} has no valid `{field}`")
+
+    if manifest.get("dtype") not in DTYPES:
+        raise bad("dtype")
+    if manifest.get("storage", "dense") not in ("dense", "sparse"):
+        raise bad("storage")
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, dict) or not all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+        for entry in tensors.values()
+    ):
+        raise bad("tensors")
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict) or not all(
+        isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and _is_sha256(digest)
+        for name, digest in shards.items()
+    ):
+        raise bad("shards")
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def check_shard_hashes(folder: Path, manifest: Dict, hasher: Callable[[Path], str] = cached_sha256) -> None:
+    """The shards beside the manifest must be the ones it recorded, byte for byte: a vector
+    whose shards changed after extraction is refused, naming the shard."""
+    folder = Path(folder)
+    present = {p.name for p in folder.glob("*.safetensors")}
+    recorded = manifest["shards"]
+    for name in sorted(set(recorded) - present):
+        raise RecipeError(f"vector {folder}: shard {name} is missing")
+    for name in sorted(present - set(recorded)):
+        raise RecipeError(f"vector {folder}: shard {name} is not in its manifest")
+    for name in sorted(recorded):
+        if hasher(folder / name) != recorded[name]:
+            raise RecipeError(f"vector {folder}: shard {name} differs from its manifest (changed after extraction)")
 
 
 def check_roles_and_dtypes(roles, manifests, load_dtype: Optional[str]) -> None:

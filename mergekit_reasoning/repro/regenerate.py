@@ -44,17 +44,28 @@ def regenerate(
         out = Path(out_dir) / path.stem
         try:
             recipe = Recipe.read(path)
-            inputs = manifest.describe_inputs(recipe.check())
-            key = manifest.input_key(recipe.text, inputs)
             recorded = manifest.completed(out)
-            if recorded is not None and recorded.get("key") == key and not manifest.output_problems(out, recorded):
-                echo(f"unchanged {path.name}: {out}")
-                outcome.skipped.append(path.name)
-                continue
+            if recorded is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise RecipeError(
+                    f"{out} exists and holds no merge manifest ({manifest.NAME}): regenerate replaces only the "
+                    "folders it merged; move it or pick another --out"
+                )
+            inputs = None
+            if recorded is not None:  # it may be current: hash the inputs to know
+                inputs = manifest.describe_inputs(recipe.check())
+                key = manifest.input_key(recipe.text, inputs)
+                if recorded.get("key") == key and not manifest.output_problems(out, recorded):
+                    echo(f"unchanged {path.name}: {out}")
+                    outcome.skipped.append(path.name)
+                    continue
+            # A new output takes merge's own path: reserved while mergekit loads, inputs hashed as it runs.
             run.merge(recipe, [out], settings, overwrite=True, inputs=inputs, echo=echo)
             echo(f"merged    {path.name}: {out}")
             outcome.merged.append(path.name)
         except Error as error:
             echo(f"failed    {path.name}: {error}")
+            outcome.failed.append(path.name)
+        except Exception as error:  # one recipe's failure, whatever it is, does not stop the others
+            echo(f"failed    {path.name}: {type(error).__name__}: {error}")
             outcome.failed.append(path.name)
     return outcome

@@ -2,7 +2,7 @@
 
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
 
@@ -14,8 +14,18 @@ from mergekit_reasoning.method import vector_format as vectors
 from mergekit_reasoning.method.compat import read_model_info
 
 
-def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = False) -> List[str]:
-    """Every problem found, one line each; an empty list means the folder is as recorded."""
+def verify_folder(
+    folder: Path,
+    *,
+    check_inputs: bool = False,
+    remerge: bool = False,
+    rehash: bool = False,
+    notes: Optional[List[str]] = None,
+) -> List[str]:
+    """Every problem found, one line each; an empty list means the folder is as recorded.
+
+    `notes` receives what a reader should know about how it was checked (hashes taken
+    from the cache instead of read); `rehash` reads every input file instead."""
     folder = Path(folder)
     vector = vectors.read_manifest(folder)
     if vector is not None:
@@ -23,7 +33,13 @@ def verify_folder(folder: Path, *, check_inputs: bool = False, remerge: bool = F
     recorded = merges.read_manifest(folder)
     problems = merges.output_problems(folder, recorded)
     if check_inputs:
-        problems += merges.input_problems(recorded)
+        found, from_cache = merges.input_problems(recorded, rehash=rehash)
+        problems += found
+        if from_cache and notes is not None:
+            notes.append(
+                f"{from_cache} input file hashes came from the hash cache (unchanged path, size, modification time "
+                "and inode, or a hub blob's own name), not a read: pass --rehash to read them"
+            )
     if remerge:
         problems += _remerge_problems(folder, recorded)
     return problems

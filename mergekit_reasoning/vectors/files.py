@@ -10,6 +10,7 @@ Stored in float32 without sparsification the vector holds exactly the float32
 differences the merge computes, so applying it gives the same bits as the pair.
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -22,10 +23,19 @@ import torch
 
 from mergekit_reasoning.core.errors import RecipeError
 from mergekit_reasoning.core.formats import load_tensor, tensor_files
+from mergekit_reasoning.core.hashing import sha256_file
 from mergekit_reasoning.core.reductions import BLOCK, float64_blocks
-from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.core.staging import refuse_non_empty, refuse_output_over_inputs, staged
 from mergekit_reasoning.method.compat import HEAD, STRUCTURE_KEYS, source_tensor
-from mergekit_reasoning.method.vector_format import DTYPES, FORMAT, INDICES, MANIFEST, VALUES, read_manifest
+from mergekit_reasoning.method.vector_format import (
+    DTYPES,
+    FORMAT,
+    INDICES,
+    MANIFEST,
+    VALUES,
+    check_shard_hashes,
+    read_manifest,
+)
 from mergekit_reasoning.vectors.card import donor_license, write_card
 
 SPARSIFY = ("magnitude", "dare")
@@ -95,11 +105,21 @@ def extract(
         raise RecipeError(f"unknown vector dtype {dtype!r}: use {' or '.join(DTYPES)}")
     grpo, sft = ModelReference.model_validate(str(grpo)), ModelReference.model_validate(str(sft))
     out = Path(out)
+    local = [Path(ref.model.path) for ref in (grpo, sft) if Path(ref.model.path).exists()]
+    for folder in local:
+        if (folder / MANIFEST).exists():
+            raise RecipeError(f"model {folder} is a vector folder, not a model: extract takes the GRPO and SFT models")
+    refuse_output_over_inputs(out, local)
     refuse_non_empty(out, overwrite)  # before reading any weights
     g_info, s_info = model_info(grpo), model_info(sft)
     report = check_compatible(s_info, [g_info], what="the SFT model")
-    for note in report.notes():
+    for note in dataclasses.replace(report, dropped_heads=[]).notes():  # the head is kept, not dropped: said below
         echo(f"warning: {note}")
+    if (HEAD in g_info.shapes) != (HEAD in s_info.shapes):
+        untied = "GRPO" if HEAD in g_info.shapes else "SFT"
+        echo(
+            f"note: only the {untied} model stores lm_head.weight; the vector keeps it, against the other's embeddings"
+        )
 
     names = list(g_info.shapes)
     if (HEAD in g_info.shapes) != (HEAD in s_info.shapes) and HEAD not in names:
@@ -185,11 +205,34 @@ def dense_tensors(folder: Path, manifest: Dict):
             yield key, load_tensor(where[key], key)
         elif key.endswith(VALUES):
             name = key[: -len(VALUES)]
+            if name not in manifest["tensors"] or name + INDICES not in where:
+                raise RecipeError(f"vector {folder}: {key} belongs to no tensor of its manifest")
             values, indices = load_tensor(where[key], key), load_tensor(where[name + INDICES], name + INDICES)
             shape = manifest["tensors"][name]["shape"]
+            _check_sparse_entries(folder, name, indices, values, math.prod(shape))
             dense = torch.zeros(math.prod(shape), dtype=values.dtype)
             dense[indices.long()] = values
             yield name, dense.reshape(shape)
+
+
+def _check_sparse_entries(folder: Path, name: str, indices: torch.Tensor, values: torch.Tensor, size: int) -> None:
+    """Sparse entries as extraction writes them: integer flat indices, strictly increasing,
+    inside the tensor, one value each. Anything else would write outside the tensor or
+    silently overwrite entries."""
+    ok = (
+        indices.dtype in (torch.int32, torch.int64)
+        and indices.dim() == 1
+        and values.dim() == 1
+        and indices.numel() == values.numel()
+    )
+    if ok and indices.numel():
+        wide = indices.long()
+        ok = int(wide[0]) >= 0 and int(wide[-1]) < size and bool((wide[1:] > wide[:-1]).all())
+    if not ok:
+        raise RecipeError(
+            f"vector {folder}: the sparse entries of {name} are malformed (indices out of range, repeated, "
+            "out of order, or not one per value)"
+        )
 
 
 def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
@@ -202,6 +245,9 @@ def densify(source: Path, out: Path, *, overwrite: bool = False) -> Dict:
     manifest = read_manifest(source)
     if manifest is None or manifest.get("storage") != "sparse":
         raise RecipeError(f"{source} is not a sparse vector folder")
+    refuse_output_over_inputs(out, [source])
+    refuse_non_empty(out, overwrite)
+    check_shard_hashes(source, manifest, sha256_file)  # a tampered source is not laundered into a clean manifest
     with staged(out, overwrite=overwrite) as staging:
         with TensorWriter(str(staging), max_shard_size=manifest.get("max_shard_size", 5_000_000_000)) as writer:
             for name, tensor in _in_manifest_order(dense_tensors(source, manifest), manifest):

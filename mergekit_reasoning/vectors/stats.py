@@ -122,7 +122,12 @@ def format_table(stats: Dict) -> str:
     return "\n".join(lines)
 
 
-def plot(stats: Dict, path: Path) -> None:
+def plot(stats: Dict, path: Path) -> Path:
+    """Write the per-layer figures as a PNG; returns the file written (`.png` is added to a
+    name without a suffix, as matplotlib does)."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     try:
         import matplotlib
 
@@ -142,3 +147,4 @@ def plot(stats: Dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
