@@ -55,6 +55,36 @@ def stored_tensors(path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
         }
 
 
+def byte_ranges(path) -> Tuple[List[Tuple[int, int]], Dict[str, int]]:
+    """A safetensors file cut into byte ranges that together cover it, in file order: its
+    header, then each tensor's data (and any gap or tail), and which range holds each
+    tensor. safetensors checks the header (`stored_tensors`) but does not expose the
+    offsets, so they are read from the header it has just checked."""
+    stored_tensors(path)  # refuses an invalid file before its offsets are trusted
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    start = 8 + length
+    spans = sorted(
+        (start + a, start + b, name)
+        for name, entry in header.items()
+        if name != "__metadata__"
+        for a, b in [entry["data_offsets"]]
+    )
+    ranges, where, position = [(0, start)], {}, start
+    for begin, end, name in spans:
+        if begin > position:
+            ranges.append((position, begin))
+        if end > begin:
+            where[name] = len(ranges)
+            ranges.append((begin, end))
+        position = max(position, end)
+    if position < size:
+        ranges.append((position, size))
+    return ranges, where
+
+
 def broken_shard(folder) -> str:
     """Name the safetensors shard of a local folder that fails to open, if any."""
     for shard in sorted(Path(folder).glob("*.safetensors")):

@@ -8,9 +8,12 @@ changes one of them and forces a fresh hash.
 
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
+
+from mergekit_reasoning.core.formats import byte_ranges
 
 CHUNK = 16 * 1024 * 1024
 Identity = Tuple  # of (path, size, mtime_ns, inode) per file, or other hashable parts
@@ -71,11 +74,15 @@ def _named_by_digest(path: Path) -> bool:
     return path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name)
 
 
-def known_without_reading(path: os.PathLike) -> bool:
-    """Whether `cached_sha256` would answer without reading the file: a hub blob named by
-    its digest, or a cache entry for this path, size, modification time and inode."""
+def known_without_reading(path: os.PathLike, like: Optional[str] = None) -> bool:
+    """Whether `input_digest(path, like=like)` would answer without reading the file: a hub
+    blob named by its digest, or a cache entry of that kind for this path, size,
+    modification and change times and inode."""
     path = Path(path).resolve()
-    return _named_by_digest(path) or _key(path) in _read_cache()
+    ranges = like.startswith(RANGES) if like is not None else path.suffix == ".safetensors"
+    if _named_by_digest(path) and not (like or "").startswith(RANGES):
+        return True
+    return (_key(path) + ("|ranges" if ranges else "")) in _read_cache()
 
 
 def remember_sha256(path: os.PathLike, digest: str) -> None:
@@ -98,7 +105,8 @@ def _read_cache() -> Dict[str, str]:
 
 
 def _store(path: Path, key: str, digest: str) -> None:
-    cache = {k: v for k, v in _read_cache().items() if not k.startswith(f"{path}|")}
+    current = _key(path)  # entries for this path's earlier contents go; its other kinds of digest stay
+    cache = {k: v for k, v in _read_cache().items() if not k.startswith(f"{path}|") or k.startswith(current)}
     cache[key] = digest
     cache_file = _cache_path()
     try:
@@ -113,6 +121,78 @@ def _store(path: Path, key: str, digest: str) -> None:
 def hash_files(folder: Path, names: Iterable[str], *, cached: bool = True) -> Dict[str, str]:
     hasher = cached_sha256 if cached else sha256_file
     return {name: hasher(Path(folder) / name) for name in sorted(names)}
+
+
+# An input weight file's digest in a manifest: SHA-256 over the SHA-256 of each of its byte
+# ranges in file order (`formats.byte_ranges`: header, each tensor, any gap), written
+# "ranges:<hex>". Each range's hash can be taken whenever the merge has just read that
+# tensor, in any order, so an input larger than memory is read from disk once; a plain
+# file SHA-256 could only follow the file's own order. Plain hex is a file's SHA-256.
+RANGES = "ranges:"
+
+
+def combine_ranges(range_digests: Iterable[bytes]) -> str:
+    return RANGES + hashlib.sha256(b"".join(range_digests)).hexdigest()
+
+
+def hash_range(view, begin: int, end: int) -> bytes:
+    """SHA-256 of bytes [begin, end) of a buffer (a mapped file), a step at a time."""
+    digest = hashlib.sha256()
+    for start in range(begin, end, CHUNK):
+        digest.update(view[start : min(end, start + CHUNK)])
+    return digest.digest()
+
+
+def ranges_sha256(path: os.PathLike) -> str:
+    """The ranges digest of a safetensors file, reading it once, in order."""
+    ranges, _ = byte_ranges(path)
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return combine_ranges([])
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return combine_ranges(hash_range(mapped, begin, end) for begin, end in ranges)
+
+
+def input_digest(path: os.PathLike, *, like: Optional[str] = None, cached: bool = True) -> str:
+    """An input file's digest for a manifest: a hub blob's own name; for a safetensors
+    file, its ranges digest; else its SHA-256. `like` (a recorded digest) picks the kind,
+    so a manifest is checked the way it was written."""
+    path = Path(path)
+    if cached and _named_by_digest(path.resolve()) and not (like or "").startswith(RANGES):
+        return path.resolve().name
+    ranges = like.startswith(RANGES) if like is not None else path.suffix == ".safetensors"
+    if not ranges:
+        return cached_sha256(path) if cached else sha256_file(path)
+    if cached:
+        known = _read_cache().get(_key(path.resolve()) + "|ranges")
+        if known is not None:
+            return known
+    digest = ranges_sha256(path)
+    remember_digest(path, digest)
+    return digest
+
+
+def remember_digest(path: os.PathLike, digest: str) -> None:
+    """Record a digest computed elsewhere: a file SHA-256, or a ranges digest a merge took."""
+    path = Path(path).resolve()
+    key = _key(path) + ("|ranges" if digest.startswith(RANGES) else "")
+    _store(path, key, digest)
+
+
+def input_digests(
+    folder: Path,
+    names: Iterable[str],
+    *,
+    known: Optional[Dict[str, str]] = None,
+    like: Optional[Dict[str, str]] = None,
+    cached: bool = True,
+) -> Dict[str, str]:
+    """Manifest digests of a model's files; `known` holds those already taken (by the merge)."""
+    known, like = known or {}, like or {}
+    return {
+        name: known[name] if name in known else input_digest(Path(folder) / name, like=like.get(name), cached=cached)
+        for name in sorted(names)
+    }
 
 
 # Besides the weights, the files that change what a model computes or how it is prompted.

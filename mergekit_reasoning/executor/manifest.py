@@ -9,27 +9,29 @@ recorded to decide whether a merge is stale.
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.hashing import hash_files, known_without_reading, model_files, sha256_file
+from mergekit_reasoning.core.hashing import hash_files, input_digests, known_without_reading, model_files, sha256_file
 from mergekit_reasoning.core.provenance import package_versions
 
 NAME = "reasoning_merge.json"
 FORMAT = "mergekit-reasoning/merge"
 
 
-def describe_inputs(checked) -> List[Dict[str, Any]]:
-    """Each model the recipe reads: reference, revision and file hashes."""
+def describe_inputs(checked, *, known: Optional[Dict[Path, str]] = None) -> List[Dict[str, Any]]:
+    """Each model the recipe reads: reference, revision and file digests; `known` holds
+    digests the merge took itself (by resolved path)."""
     from mergekit_reasoning.method.models import local_folder
 
     models = []
     for ref, role in input_roles(checked.config.base_model, checked.pairs):
         folder, revision = local_folder(ref)
         models.append((str(ref), role, folder, revision))
-    return describe_models(models)
+    return describe_models(models, known=known)
 
 
 def input_roles(target, pairs) -> List[Tuple[Any, str]]:
@@ -42,12 +44,21 @@ def input_roles(target, pairs) -> List[Tuple[Any, str]]:
     return list(roles.items())
 
 
-def describe_models(models) -> List[Dict[str, Any]]:
-    """Manifest entries for (name, role, local folder, revision) tuples."""
-    return [
-        {"model": name, "role": role, "revision": revision, "files": hash_files(folder, model_files(folder))}
-        for name, role, folder, revision in models
-    ]
+def describe_models(models, *, known: Optional[Dict[Path, str]] = None) -> List[Dict[str, Any]]:
+    """Manifest entries for (name, role, local folder, revision) tuples. Weight files are
+    digested by byte ranges (`hashing.RANGES`), hub blobs by their own names (listed
+    under `hub_blob_names`, so a reader knows no byte was hashed for them)."""
+    entries = []
+    for name, role, folder, revision in models:
+        names = model_files(folder)
+        resolved = {n: Path(os.path.realpath(Path(folder) / n)) for n in names}
+        taken = {n: known[p] for n, p in resolved.items() if known and p in known}
+        entry = {"model": name, "role": role, "revision": revision, "files": input_digests(folder, names, known=taken)}
+        blobs = [n for n, p in resolved.items() if p.parent.name == "blobs" and entry["files"][n] == p.name]
+        if blobs:
+            entry["hub_blob_names"] = blobs
+        entries.append(entry)
+    return entries
 
 
 def input_key(recipe_text: str, inputs: List[Dict[str, Any]], lam: Optional[float] = None) -> str:
@@ -159,8 +170,8 @@ def input_problems(manifest: Dict, *, rehash: bool = False) -> Tuple[List[str], 
         folder, _ = local_folder(ModelReference.model_validate(entry["model"]))
         present = [n for n in entry["files"] if (folder / n).exists()]
         if not rehash:
-            from_cache += sum(known_without_reading(folder / n) for n in present)
-        current = hash_files(folder, present, cached=not rehash)
+            from_cache += sum(known_without_reading(folder / n, like=entry["files"][n]) for n in present)
+        current = input_digests(folder, present, like=entry["files"], cached=not rehash)
         for name, digest in entry["files"].items():
             if current.get(name) != digest:
                 problems.append(f"input {entry['model']}: {name} changed since the merge")

@@ -23,22 +23,28 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.hashing import remember_sha256
+from mergekit_reasoning.core.hashing import input_digest, known_without_reading, model_files, remember_sha256
 from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.executor.input_hashes import InputHashes
 from mergekit_reasoning.executor.layout import output_entries
-from mergekit_reasoning.executor.manifest import describe_inputs, write_manifest
-from mergekit_reasoning.executor.mergekit_private import copy_tagalong_files, copy_tokenizer, model_out_config
+from mergekit_reasoning.executor.manifest import describe_inputs, input_roles, write_manifest
+from mergekit_reasoning.executor.mergekit_private import (
+    copy_tagalong_files,
+    copy_tokenizer,
+    model_out_config,
+    resolve_tensor_name,
+)
 from mergekit_reasoning.executor.recipe import CheckedRecipe
 from mergekit_reasoning.executor.shard_writer import MappedShards
 from mergekit_reasoning.method.compat import HEAD
 from mergekit_reasoning.method.kernel import merge_tensor
-from mergekit_reasoning.method.models import model_info, refuse_non_float_inputs
+from mergekit_reasoning.method.models import loader, local_folder, model_info, refuse_non_float_inputs
 from mergekit_reasoning.method.reasoning_vector import own_executor
 
 LOG = logging.getLogger(__name__)
@@ -72,9 +78,14 @@ def merge(
     target_tied = HEAD not in _target_names(checked)
     tasks = [t for t in plan if not (target_tied and t.tensor_name == HEAD)]
     device = torch.device(options.device or "cpu")
-    # Hash the inputs for the manifest while the merge runs (hashlib releases the GIL).
+    # The inputs' digests for the manifest, taken while the merge runs (hashlib releases the
+    # GIL): the weights' from the bytes the merge reads (`input_hashes`), everything else
+    # (configs, tokenizers, pickled weights) beside it.
+    reads = _planned_reads(tasks) if streamable and inputs is None else {}
+    weights = _weight_files(checked) if reads else []
+    hashes = InputHashes(weights, [pair for pairs in reads.values() for pair in pairs]) if weights else None
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-inputs")
-    described = hashing.submit(describe_inputs, checked) if inputs is None else None
+    warmed = hashing.submit(_hash_the_rest, checked, set(weights)) if inputs is None else None
     try:
         with ExitStack() as outputs:
             staging = [outputs.enter_context(staged(out, overwrite=overwrite)) for out in outs]
@@ -83,12 +94,14 @@ def merge(
                 entries = output_entries(tasks) if options.safe_serialization else None
                 with ExitStack() as stack:
                     writers = [stack.enter_context(w) for w in _writers(staging, options, entries, reservation)]
-                    _stream(tasks, writers, device, options, lambdas)
+                    _stream(tasks, writers, device, options, lambdas, reads, hashes)
                 digests = [getattr(writer, "digests", None) for writer in writers]
             else:
                 LOG.warning("tokenizer alignment is not streamed: merging with mergekit's own executor")
                 _mergekit_executor(checked, staging[0], outs[0].name, options)
-            inputs = inputs if described is None else described.result()
+            if inputs is None:
+                warmed.result()
+                inputs = describe_inputs(checked, known=hashes.digests() if hashes is not None else {})
             manifests = []
             for index, (path, out) in enumerate(zip(staging, outs)):
                 if streamable:
@@ -107,6 +120,8 @@ def merge(
                 )
     finally:
         hashing.shutdown(wait=True, cancel_futures=True)
+        if hashes is not None:
+            hashes.close()
         _close_inputs()
     for out, manifest in zip(outs, manifests):  # now in place: scoring them needs no re-read
         for name, digest in manifest["outputs"].items():
@@ -168,7 +183,47 @@ def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -
     inner.rmdir()
 
 
-def _stream(tasks, writers, device, options, lambdas) -> None:
+def _planned_reads(tasks) -> Dict[str, List[Tuple[Path, str]]]:
+    """Per output tensor, the (file, stored tensor) pairs its loads read."""
+    from mergekit.io.tasks import LoaderCache
+
+    reads = {}
+    for task in tasks:
+        pairs = []
+        for load in task.tensor_task.gather_tensors.arguments().values():
+            loader = LoaderCache().get(load.model)
+            name = resolve_tensor_name(load, loader)
+            if name is not None and name in loader.index.tensor_paths:
+                path = Path(os.path.realpath(os.path.join(loader.index.base_path, loader.index.tensor_paths[name])))
+                pairs.append((path, name))
+        reads[task.tensor_name] = pairs
+    return reads
+
+
+def _weight_files(checked: CheckedRecipe) -> List[Path]:
+    """The inputs' safetensors files that need hashing: local ones, not hub blobs (which
+    are named by their SHA-256)."""
+    files = set()
+    for ref, _ in input_roles(checked.config.base_model, checked.pairs):
+        index = loader(ref).index
+        for name in set(index.tensor_paths.values()):
+            path = Path(os.path.realpath(os.path.join(index.base_path, name)))
+            if path.suffix == ".safetensors" and not known_without_reading(path):
+                files.add(path)
+    return sorted(files)
+
+
+def _hash_the_rest(checked: CheckedRecipe, weights) -> None:
+    """Hash (into the cache) every input file the merge's reads do not digest."""
+    for ref, _ in input_roles(checked.config.base_model, checked.pairs):
+        folder, _ = local_folder(ref)
+        for name in model_files(folder):
+            path = Path(os.path.realpath(folder / name))
+            if path not in weights:
+                input_digest(folder / name)
+
+
+def _stream(tasks, writers, device, options, lambdas, reads=None, hashes=None) -> None:
     import tqdm
     from mergekit.common import dtype_from_name
 
@@ -180,6 +235,9 @@ def _stream(tasks, writers, device, options, lambdas) -> None:
         pending = pool.submit(_load, tasks[0]) if tasks else None
         for index, task in enumerate(tqdm.tqdm(tasks, desc="Merging", disable=options.quiet)):
             tensors = pending.result()
+            if hashes is not None:  # its pages were just read: hash them while they are in memory
+                for path, name in reads.get(task.tensor_name, ()):
+                    hashes.loaded(path, name)
             pending = pool.submit(_load, tasks[index + 1]) if index + 1 < len(tasks) else None
             if mapped:
                 views = [writer.view(task.tensor_name) for writer in writers]
