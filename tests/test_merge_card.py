@@ -32,9 +32,21 @@ def test_card_states_target_donors_and_lambda_from_both_executors(trio, tmp_path
         assert "merged using the [Reasoning vector" in card  # mergekit's own text stays
 
 
+def wrapped_card():
+    """mergekit's generate_card as it is once the method has planned a merge (which installs
+    the section; in a fresh process nothing may have planned one yet)."""
+    import mergekit.card
+
+    from mergekit_reasoning.method import merge_card
+
+    merge_card.install()
+    return mergekit.card.generate_card
+
+
 def test_card_of_several_vectors_and_a_per_tensor_lambda(trio, make_model):
-    from mergekit.card import generate_card
     from mergekit.config import MergeConfiguration
+
+    generate_card = wrapped_card()
 
     grpo2, sft2 = make_model("card-grpo2", like_seed=11), make_model("card-sft2", like_seed=12)
     recipe = recipe_dict(trio["target"], trio["grpo"], trio["sft"])
@@ -62,13 +74,10 @@ def test_card_of_several_vectors_and_a_per_tensor_lambda(trio, make_model):
 
 
 def test_other_methods_cards_are_mergekits_own(trio):
-    import mergekit.card
     import mergekit.merge
     from mergekit.config import MergeConfiguration
 
-    import mergekit_reasoning.method.reasoning_vector  # noqa: F401  (registers, and wraps the card)
-
-    wrapped = mergekit.card.generate_card
+    wrapped = wrapped_card()
     assert mergekit.merge.generate_card is wrapped and wrapped.__wrapped__ is not wrapped
     for method, parameters in (("task_arithmetic", {"weight": 1.0}), ("linear", {"weight": 0.5}), ("ties", {})):
         config = MergeConfiguration.model_validate(
