@@ -4,7 +4,8 @@ vLLM hands GPU memory back only when its process exits, so the runner starts one
 of these per model (per λ of a sweep). The job file says what to score; every
 finished unit is written to the run's unit cache (results.save_unit) the moment
 lm-eval returns it, which is how results reach the parent and how a rerun after
-a crash resumes. A failure is written as one line to the job's `.error` file.
+a crash resumes. Every unit keeps its per-item outcomes (ids and values, for paired
+statistics); the full samples (responses, targets) only when asked. A failure is written as one line to the job's `.error` file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def score_model(job: dict) -> None:
 
     from mergekit_reasoning.bench import registry, sandbox
     from mergekit_reasoning.bench.engines import make_lm
-    from mergekit_reasoning.bench.results import records_for, samples_for, save_unit
+    from mergekit_reasoning.bench.results import items_for, records_for, samples_for, save_unit
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     sandbox.allow_weak_isolation(job.get("allow_weak_sandbox", False))  # the parent checked and recorded it
@@ -49,14 +50,14 @@ def score_model(job: dict) -> None:
             apply_chat_template=cond.chat,
             fewshot_as_multiturn=cond.chat,
             gen_kwargs=gen_kwargs,
-            log_samples=job["log_samples"],
+            log_samples=True,  # per-item outcomes, for paired statistics; full samples only if asked
             confirm_run_unsafe_code=True,
             verbosity="ERROR",
         )
         if res is None:  # a non-zero rank under `accelerate launch`: rank 0 writes
             continue
         for unit in run["units"]:
-            result = {"records": records_for(res, unit["name"])}
+            result = {"records": records_for(res, unit["name"]), "items": items_for(res, unit["name"])}
             if job["log_samples"]:
                 result["samples"] = samples_for(res, unit["name"])
             save_unit(cache_dir, unit["key"], result)
