@@ -131,10 +131,21 @@ def reproduce(
     out = Path(out_dir)
     merged = merge_lambdas(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges")
     models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
-    think = [c for c in parse_conditions(conditions) if c.prompt == "think"] if donor else []
+    conds = parse_conditions(conditions)
+    think = [c for c in conds if c.prompt == "think"] if donor else []
     if think:  # the paper's G+T: the GRPO donor, prompted to think step by step
         models[DONOR] = pair.grpo
         options["model_conditions"] = {**options.get("model_conditions", {}), DONOR: think}
+    # The paper's Δ: every model against the target under the plain prompt, paired like the others.
+    plain_names = {c.name for c in conds}
+    against_plain = [
+        (label, c.name, BASE, paper.plain_counterpart(c.name))
+        for label in models
+        if label != BASE
+        for c in (think if label == DONOR else conds)
+        if paper.plain_counterpart(c.name) != c.name and paper.plain_counterpart(c.name) in plain_names
+    ]
+    options["contrasts"] = [*options.get("contrasts", ()), *against_plain]
     extra = {
         **options.pop("extra", {}),
         "reproduce": {
