@@ -18,7 +18,7 @@ suggest. Two methods, both from scipy:
   tail at 0, as a Monte Carlo p-value: never below 2/(B + 1)), so the interval excludes 0
   when p < 1 − level (up to that one draw). Like any bootstrap it is approximate, and
   optimistic for a handful of items; a stratum of one item adds no spread, so a group of
-  one item per subtask gets no interval.
+  one item per subtask gets no interval, and neither do two models no item of which differs.
 
 Each result also carries the minimum detectable Δ: the smallest |Δ| the test would
 detect with 80 % power at the same level, given the number of items and the observed
@@ -201,7 +201,9 @@ def bootstrap(
     common = dict(method=BOOTSTRAP, level=level, seed=seed, n_resamples=n_resamples, strata=len(diffs))
     if all(size < 2 for size in sizes):  # one item per stratum: resampling cannot show any spread
         return Paired(n=n, delta=delta, ci=None, p=None, mde=None, **common)
-    if all(bool((d == d[0]).all()) for d in diffs):  # no spread at all: every resample is Δ itself
+    if all(bool((d == 0).all()) for d in diffs):  # no item differs: nothing to resample, no interval
+        return Paired(n=n, delta=delta, ci=None, p=1.0, mde=None, **common)
+    if all(bool((d == d[0]).all()) for d in diffs):  # no spread: every resample is Δ itself
         dist = np.full(n_resamples, delta)
         ci = (delta, delta)
     else:

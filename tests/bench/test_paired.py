@@ -89,6 +89,12 @@ def test_one_item():
     assert boot.method == "paired bootstrap" and boot.ci is None and boot.p is None and not boot.significant
 
 
+def test_a_bootstrap_where_no_item_differs_gives_no_interval():
+    same = {"a": {0: 0.5, 1: 0.25}, "b": {0: 1.0, 1: 0.0}}
+    got = paired.compare("bbh", same, same, group=paired.pooled_mean)
+    assert got.delta == 0.0 and got.ci is None and got.p == 1.0 and got.n == 4 and not got.significant
+
+
 def test_a_metric_that_is_not_0_1_gets_the_bootstrap_like_scipys():
     from scipy.stats import bootstrap
 
