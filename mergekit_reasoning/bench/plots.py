@@ -120,3 +120,39 @@ def plot_deltas(document: dict, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_objective(trials: List[dict], space, document: dict, path: Path) -> Path:
+    """The dev objective against λ, one panel per λ parameter (one for a global λ): each trial at the
+    last rung it reached (pruned ones hollow), the winner starred."""
+    plt = _pyplot()
+    names = list(space.names)
+    scored = [t for t in trials if t["intermediate"] and "duplicate_of" not in t and t["params"]]
+    winner = document["winner"]["trial"]
+    objective = " + ".join(f"{w:g}·{t}" for t, w in document["settings"]["objective"].items())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        full = [t for t in scored if t["state"] == "COMPLETE"]
+        cut = [t for t in scored if t["state"] != "COMPLETE"]
+        last = lambda t: 100 * list(t["intermediate"].values())[-1]  # noqa: E731
+        ax.scatter([t["params"][name] for t in full], [last(t) for t in full], label="every dev item")
+        ax.scatter(
+            [t["params"][name] for t in cut],
+            [last(t) for t in cut],
+            facecolors="none",
+            edgecolors="grey",
+            label="pruned (its last rung)",
+        )
+        best = [t for t in scored if t["number"] == winner]
+        ax.scatter(
+            [t["params"][name] for t in best], [last(t) for t in best], marker="*", s=220, c="red", label="winner"
+        )
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(name if name != "lambda" else "λ")
+    axes[0][0].set_ylabel(f"dev objective (%): {objective}")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
