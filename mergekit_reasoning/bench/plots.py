@@ -127,14 +127,14 @@ def plot_objective(trials: List[dict], space, document: dict, path: Path) -> Pat
     last rung it reached (pruned ones hollow), the winner starred."""
     plt = _pyplot()
     names = list(space.names)
-    scored = [t for t in trials if t["intermediate"] and "duplicate_of" not in t and t["params"]]
+    scored = [t for t in trials if t["rung_values"] and "duplicate_of" not in t and t["params"]]
     winner = document["winner"]["trial"]
     objective = " + ".join(f"{w:g}·{t}" for t, w in document["settings"]["objective"].items())
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         full = [t for t in scored if t["state"] == "COMPLETE"]
         cut = [t for t in scored if t["state"] != "COMPLETE"]
-        last = lambda t: 100 * list(t["intermediate"].values())[-1]  # noqa: E731
+        last = lambda t: 100 * t["rung_values"][-1]  # noqa: E731
         ax.scatter([t["params"][name] for t in full], [last(t) for t in full], label="every dev item")
         ax.scatter(
             [t["params"][name] for t in cut],

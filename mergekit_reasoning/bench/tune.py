@@ -102,6 +102,16 @@ class HarnessScorer:
             self.identities[label] = model_identity(ref)
         return self.identities[label]
 
+    def dev_sizes(self) -> Dict[str, Dict[str, int]]:
+        return {
+            task: {
+                (s.key.split("/", 1)[1] if task == "bbh" else task): len(s.dev)
+                for s in self.split[task].strata
+                if s.dev
+            }
+            for task in self.dev_tasks
+        }
+
     @staticmethod
     def scoring_tasks(task: str) -> List[str]:
         """What lm-eval scores for a task: BBH's subtasks one by one (a rung may hold new items for
@@ -253,11 +263,14 @@ def tune(
     trials: int = 12,
     batch: int = 4,
     dev_size: Optional[int] = 200,
-    rungs: int = 3,
-    eta: int = 3,
-    pruner: str = "sha",
+    rungs: int = 5,
+    eta: int = 2,
+    pruner: str = "wilcoxon",
     sampler: str = "tpe",
     seed: int = 0,
+    p_prune: float = 0.1,
+    polish: int = 2,
+    startup: int = 4,
     split_seed: int = 0,
     storage: Optional[str] = None,
     study_name: str = "tune",
@@ -278,7 +291,9 @@ def tune(
     head, norms) or gradient (`bands` values over the layers); λ on the grid
     [lambda_min, lambda_max] by `step`. `trials` candidates in all, `batch` at a time,
     `rungs` rungs of dev items (`dev_size` per task), each `eta` times the last, pruned by
-    `pruner` (sha, hyperband, none); `sampler` tpe, grid or random, seeded by `seed`.
+    `pruner` (wilcoxon: worse than the best at p < `p_prune`, paired by item; sha: successive
+    halving; hyperband; none); `sampler` tpe (`startup` random trials first), grid or random,
+    seeded by `seed`; then the unvisited grid points within `polish` steps of the best.
     `split_seed` draws the dev/test split; `limit` caps the test items per task (a quick
     look). `storage`: a database URL for the study (default: OUT/study.db). Every other
     keyword is a scoring option of `run_bench` (engine, dtype, batch_size, device,
@@ -294,7 +309,7 @@ def tune(
         splits.check_searchable(task)
     reported = [t for t in (registry.expand(report) if report else []) if t not in searched]
     the_space = search.Space(space, float(lambda_min), float(lambda_max), float(step), int(bands))
-    schedule = search.Schedule(trials, batch, rungs, eta, pruner, sampler, seed)
+    schedule = search.Schedule(trials, batch, rungs, eta, pruner, sampler, seed, p_prune, polish, startup)
     if dev_size is not None and dev_size < 1:
         raise BenchError(f"--dev-size must be at least 1, got {dev_size}")
     conds = parse_conditions(condition)

@@ -47,12 +47,25 @@ from mergekit_reasoning.cli.bench import one_line_errors, scoring_kwargs, scorin
 @click.option("--batch", default=4, show_default=True, help="Candidates proposed, merged and scored together.")
 @click.option("--dev-size", default=200, show_default=True, help="Dev items per task (each BBH subtask counts as one).")
 @click.option(
-    "--rungs", default=3, show_default=True, help="Rungs of dev items; each holds η times the items of the one before."
+    "--rungs", default=5, show_default=True, help="Rungs of dev items; each holds η times the items of the one before."
 )
+@click.option("--eta", default=2, show_default=True, help="Growth of the rungs (sha: keeps about 1/η of a rung).")
 @click.option(
-    "--eta", default=3, show_default=True, help="Successive halving's η: a rung keeps about 1/η of its candidates."
+    "--pruner",
+    type=click.Choice(PRUNERS),
+    default="wilcoxon",
+    show_default=True,
+    help="wilcoxon: stop a candidate once it is worse than the best at p < --p-prune (paired by item); "
+    "sha: successive halving; hyperband; none.",
 )
-@click.option("--pruner", type=click.Choice(PRUNERS), default="sha", show_default=True, help="sha: successive halving.")
+@click.option("--p-prune", default=0.1, show_default=True, help="wilcoxon: the p-value at which a candidate stops.")
+@click.option(
+    "--polish",
+    default=2,
+    show_default=True,
+    help="Then score every untried grid point within this many steps of the best.",
+)
+@click.option("--startup", default=4, show_default=True, help="tpe: random candidates before it models the objective.")
 @click.option(
     "--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True, help="optuna sampler proposing λ."
 )
@@ -98,6 +111,9 @@ def tune_command(recipe, out_dir, **options):
         "rungs",
         "eta",
         "pruner",
+        "p_prune",
+        "polish",
+        "startup",
         "sampler",
         "seed",
         "split_seed",

@@ -30,7 +30,7 @@ from mergekit_reasoning.testing.standins import retarget
 pytest.importorskip("lm_eval")
 pytest.importorskip("optuna")
 
-FAST = ["--batch-size", "4", "--max-gen-toks", "4", "--no-plots"]
+FAST = ["--batch-size", "4", "--max-gen-toks", "4", "--no-plots", "--polish", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +211,9 @@ class Surface:
     def prepare(self, candidates):
         pass
 
+    def dev_sizes(self):
+        return {"gsm8k_cot": {"gsm8k_cot": self.n}}
+
     def score(self, candidates, rung, role="dev"):
         sizes = splits.rung_sizes(self.n, self.rungs, self.eta)
         items = range(0 if rung == 0 else sizes[rung - 1], sizes[rung])
@@ -232,18 +235,21 @@ class Surface:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_search_finds_a_known_optimum_and_spends_less_than_a_grid(seed):
     space = search.Space("global", -1.0, 2.0, 0.125)
-    schedule = search.Schedule(trials=25, batch=5, rungs=3, eta=3, sampler="tpe", seed=seed)
+    schedule = search.Schedule(seed=seed)  # the defaults tune uses
     scorer = Surface(space, (0.75,), 540, schedule.rungs, schedule.eta, seed=seed)
     study = search.open_study(None, "t", space, schedule, {})
     search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), scorer)
     best = search.best_trial(study, space)
     assert abs(best.params["lambda"] - 0.75) <= 0.25
     assert search.generations(study) == scorer.scored < search.grid_generations(space, 540) / 2
+    # The polish scored every grid point within two steps of the winner.
+    tried = {t.params["lambda"] for t in study.trials}
+    assert {best.params["lambda"] + k * 0.125 for k in (-2, -1, 1, 2)} <= tried
 
 
 def test_the_search_finds_a_per_group_optimum():
     space = search.Space("groups", -1.0, 2.0, 0.5)
-    schedule = search.Schedule(trials=60, batch=6, rungs=2, eta=3, sampler="tpe", seed=0)
+    schedule = search.Schedule(trials=60, batch=6, rungs=2, eta=3, pruner="sha", sampler="tpe", seed=0, polish=0)
     optimum = (0.0, 1.0, 1.5, 0.5)
     scorer = Surface(space, optimum, 300, schedule.rungs, schedule.eta, width=1.2)
     study = search.open_study(None, "g", space, schedule, {})
@@ -255,7 +261,7 @@ def test_the_search_finds_a_per_group_optimum():
 
 def test_a_point_already_scored_is_copied_not_scored_again():
     space = search.Space("global", 0.0, 1.0, 0.5)  # 3 points, 6 trials
-    schedule = search.Schedule(trials=6, batch=2, rungs=2, eta=3, sampler="random", seed=0)
+    schedule = search.Schedule(trials=6, batch=2, rungs=2, eta=3, sampler="random", seed=0, polish=0)
     scorer = Surface(space, (0.5,), 30, 2, 3)
     study = search.open_study(None, "d", space, schedule, {})
     search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), scorer)
@@ -324,7 +330,7 @@ def test_tune_writes_the_winner_and_its_held_out_comparison(tuned):
     assert test_rows["sciq"]["method"] == "exact McNemar" and test_rows["sciq"]["n"] == 12
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 3 and all(t["state"] in ("COMPLETE", "PRUNED") for t in trials)
-    assert all(t["intermediate"] for t in trials)
+    assert all(t["rung_values"] for t in trials)
 
 
 def test_dev_and_test_items_scored_are_disjoint_and_those_of_the_split(tuned):
