@@ -3,7 +3,7 @@
 A simulated candidate at λ answers dev item i right when θ(λ) − d_i + σ·ε_i(λ) > 0:
 
 - θ(λ) = θ0 + h·exp(−½((λ − λ*)/w)²): a response surface with one optimum λ*, drawn per
-  seed in [−0.25, 1.5] (θ0 = −0.3, h = 0.5, w = 0.6: about 38% right far from λ*, 57% at it);
+  seed in [−0.25, 1.5] (θ0 = −0.3, h = 0.5, w = 0.6: about 39% right far from λ*, 57% at it);
 - d_i ~ N(0, 1): the item's difficulty, the same for every λ (hard items are hard for all);
 - ε_i(λ): the item's own noise at each λ of the grid, seeded per item and λ, correlated
   between neighbouring grid points with coefficient ρ (AR(1) along the grid; ρ = 0 is
