@@ -556,6 +556,8 @@ def _table_rows(rows: List[dict]) -> List[str]:
         metric = r["metric"] or "{} ({})".format(*PRIMARY[r["task"]])
         cell = delta_cell({"value": r["winner"]}, {"value": r["base"]}, r)
         method = r["method"] + (f", {r['strata']} strata" if (r.get("strata") or 1) > 1 else "")
+        if r["ci"] is None and r["p"] == 1.0:
+            method += "; no item differs"
         mde = "–" if r.get("mde") is None else f"{100 * r['mde']:.1f}"
         lines.append(
             "| "
@@ -585,21 +587,35 @@ def markdown(document: dict) -> str:
     space, sched = s["space"], s["schedule"]
     test_obj = next((r for r in document["comparisons"]["test"] if r["task"] == "objective"), None)
     verdict = ""
-    if test_obj is not None:
-        lo, hi = test_obj["ci"] if test_obj["ci"] else (None, None)
+    if not any(w["params"].values()):
+        verdict = "the best candidate is the base itself (λ = 0): no λ searched scored higher on the dev items."
+    elif test_obj is not None:
+        delta = f"{100 * test_obj['delta']:+.1f} points"
         if test_obj["ci"] is None:
-            verdict = "too few test items to say whether it beats the base."
-        elif lo > 0:
-            verdict = f"it **beats the base** by {100 * test_obj['delta']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark(test_obj['ci'])}, p {_p(test_obj['p'])}."
-        elif hi < 0:
-            verdict = f"it is **worse than the base** by {100 * test_obj['delta']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark(test_obj['ci'])}, p {_p(test_obj['p'])}."
+            verdict = (
+                f"it answers every test item as the base does (Δ {delta})."
+                if test_obj["p"] == 1.0
+                else "too few test items to say whether it beats the base."
+            )
         else:
-            verdict = f"its Δ {100 * test_obj['delta']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] does not tell it from the base (p {_p(test_obj['p'])})."
+            lo, hi = test_obj["ci"]
+            interval = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]{mark(test_obj['ci'])}, p {_p(test_obj['p'])}"
+            if lo > 0:
+                verdict = f"it **beats the base** by {delta} {interval}."
+            elif hi < 0:
+                verdict = f"it is **worse than the base** by {delta} {interval}."
+            else:
+                verdict = f"its Δ {delta} {interval} does not tell it from the base."
     lines = [
         f"# tune: {Path(document['recipe']).name}",
         "",
-        f"Winner: `{w['label']}` (λ = {json.dumps(w['lambda'])}), trial {w['trial']}, dev objective {_pct(w['dev_objective'])}. "
-        f"On the held-out test items, {verdict}",
+        f"Winner: `{w['label']}` (λ = {json.dumps(w['lambda'])}), trial {w['trial']}, dev objective "
+        f"{_pct(w['dev_objective'])}. "
+        + (
+            verdict[0].upper() + verdict[1:]
+            if verdict.startswith("the best")
+            else f"On the held-out test items, {verdict}"
+        ),
         "",
         f"Objective: {' + '.join(f'{v:g}·{t}' for t, v in s['objective'].items())} (headline metrics, in percent), condition "
         f"{s['condition']}. Search: {sched['sampler']} sampler, {space['kind']} λ on [{space['low']:g}, {space['high']:g}] "
