@@ -42,8 +42,15 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: dict, progress: bool) -> None:
-    """Score each model's missing units in its own process; raise one BenchError naming failed models."""
+def score_in_children(
+    models, todo, key_of, out: Path, settings: dict, engine: dict, progress: bool, *, together: bool = False
+) -> None:
+    """Score each model's missing units in its own process; raise one BenchError naming failed models.
+
+    `together`: all the models in one process, one after the other (tune's candidates on the
+    hf engine: one interpreter start instead of one per candidate). `settings["serve"]`,
+    where set, is the items data.serving serves (tune's splits).
+    """
     from tqdm.auto import tqdm
 
     cache_dir, jobs_dir, logs_dir = out / "cache", out / "cache" / "jobs", out / "logs"
@@ -52,11 +59,25 @@ def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: d
     total = sum(len(units) for per in todo.values() for units in per.values())
     bar = tqdm(total=total, desc="bench units", disable=not progress)
     failures = []
-    for label, per_condition in todo.items():
-        keys = [key_of(*unit) for units in per_condition.values() for unit in units]
+    groups = [list(todo)] if together else [[label] for label in todo]
+    for labels in groups:
+        keys = [key_of(*unit) for label in labels for units in todo[label].values() for unit in units]
+        entries = [
+            {
+                "label": label,
+                "ref": str(models[label]),
+                "runs": [
+                    {
+                        "condition": asdict(cond),
+                        "units": [{"key": key_of(*unit), "name": _lm_eval_name(unit)} for unit in units],
+                    }
+                    for cond, units in todo[label].items()
+                ],
+            }
+            for label in labels
+        ]
         job = {
-            "label": label,
-            "ref": str(models[label]),
+            **(entries[0] if len(entries) == 1 else {"models": entries}),
             "engine": engine,
             "cache_dir": str(cache_dir.resolve()),
             "data_dir": settings["data_dir"],
@@ -64,14 +85,9 @@ def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: d
             "max_gen_toks": settings["max_gen_toks"],
             "log_samples": settings["log_samples"],
             "allow_weak_sandbox": settings["allow_weak_sandbox"],
-            "runs": [
-                {
-                    "condition": asdict(cond),
-                    "units": [{"key": key_of(*unit), "name": _lm_eval_name(unit)} for unit in units],
-                }
-                for cond, units in per_condition.items()
-            ],
+            **({"serve": settings["serve"]} if settings.get("serve") is not None else {}),
         }
+        label = labels[0] if len(labels) == 1 else f"{labels[0]}+{len(labels) - 1}"
         stem = _file_stem(label)
         job_path = jobs_dir / f"{stem}.json"
         job_path.write_text(json.dumps(job))
@@ -85,14 +101,16 @@ def score_in_children(models, todo, key_of, out: Path, settings: dict, engine: d
         if code != 0:
             error_path = job_path.with_suffix(".error")
             reason = error_path.read_text().strip() if error_path.is_file() else _describe_exit(code)
-            failures.append(f"model {label!r} ({models[label]}): {reason} [log: {log_path}]")
+            failures.append(f"{_named(labels, models)}: {reason} [log: {log_path}]")
         elif is_main_rank() and _count(cache_dir, keys) < len(keys):
-            failures.append(
-                f"model {label!r} ({models[label]}): finished without saving all its scores [log: {log_path}]"
-            )
+            failures.append(f"{_named(labels, models)}: finished without saving all its scores [log: {log_path}]")
     bar.close()
     if failures:
         raise BenchError("; ".join(failures) + " - finished scores are kept; rerun to resume")
+
+
+def _named(labels, models) -> str:
+    return ", ".join(f"model {label!r} ({models[label]})" for label in labels)
 
 
 def _lm_eval_name(unit) -> str:

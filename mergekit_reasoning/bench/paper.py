@@ -125,8 +125,9 @@ def comparison_markdown(
     every figure. `donor` labels the GRPO donor scored as a reference (the paper's G+T row);
     `target` is the recipe's target, named when it is not the model the figures are for.
     """
+    from mergekit_reasoning.bench.comparisons import cell_key, index
     from mergekit_reasoning.bench.report import _cell as score_cell
-    from mergekit_reasoning.bench.report import _delta, primary_scores
+    from mergekit_reasoning.bench.report import delta_cell, legend, primary_scores
 
     base = document["settings"]["baseline"]
     found = figures(size)
@@ -139,6 +140,14 @@ def comparison_markdown(
     rows: Dict[tuple, Dict[str, dict]] = {}
     for s in primary_scores(document):
         rows.setdefault((s["task"], s["variant"], s["condition"]), {})[s["label"]] = s
+    paired = index(document.get("comparisons") or [])
+
+    def delta(label, cond, rec, base_rec, base_cond):
+        if rec is None:
+            return delta_cell(rec, base_rec)
+        key = cell_key(label, cond, base, base_cond, rec["task"], rec["variant"], None, rec["metric"], rec["filter"])
+        return delta_cell(rec, base_rec, paired.get(key))
+
     figures_for = TARGETS.get(size or "")
     lines = [
         f"## Against the paper ({SOURCE}, Qwen2.5-{size or '?'})"
@@ -149,6 +158,8 @@ def comparison_markdown(
         f"`{base}` under the same prompt; Δ vs plain: against `{base}` under the plain prompt, as the paper "
         "reports every figure, the think rows included; paper Δ as reported, under the prompt of the row; "
         "— where the paper gives none.",
+        "",
+        legend(base),
     ]
     if figures_for and target and target.split("@", 1)[0] != figures_for:
         lines += ["", f"The paper's figures are for the target {figures_for}; this recipe's target is {target}."]
@@ -161,14 +172,16 @@ def comparison_markdown(
         for d, label in directions.items():
             figs = _figures_for(found, d, task, cond, variant)
             shown += figs
+            rec = by_label.get(label)
             cells += [
-                score_cell(by_label.get(label)),
-                _delta(by_label.get(label), by_label.get(base)),
-                _delta(by_label.get(label), plain),
+                score_cell(rec),
+                delta(label, cond, rec, by_label.get(base), cond),
+                delta(label, cond, rec, plain, plain_counterpart(cond)),
                 _cell(figs),
             ]
         if donor:
-            cells += [score_cell(by_label.get(donor)), _delta(by_label.get(donor), plain)]
+            rec = by_label.get(donor)
+            cells += [score_cell(rec), delta(donor, cond, rec, plain, plain_counterpart(cond))]
         cells.append(", ".join(f"[{SOURCES[s]}]" for s in dict.fromkeys(f.source for f in shown)) or "—")
         lines.append("| " + " | ".join(cells) + " |")
     if found:

@@ -1,4 +1,4 @@
-"""PNG plots: headline scores per model, and score-versus-λ lines for a sweep."""
+"""PNG plots: headline scores per model, each Δ with its paired interval, and score-versus-λ lines for a sweep."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ def _pyplot():
 
 
 def _series_name(s: dict) -> str:
+    """Task (variant) [condition], metric (filter): what a bar, line or row shows."""
     name = s["task"] + (" (adversarial)" if s["variant"] != "plain" else "")
-    return name if s["condition"] == "plain" else f"{name} [{s['condition']}]"
+    name = name if s["condition"] == "plain" else f"{name} [{s['condition']}]"
+    return f"{name}, {s['metric']} ({s['filter']})"
 
 
 def plot_scores(document: dict, path: Path) -> Path:
@@ -41,7 +43,7 @@ def plot_scores(document: dict, path: Path) -> Path:
         ax.bar(xs, vals, width, yerr=errs, capsize=3, label=label)
     ax.set_xticks([g + width * (len(labels) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(groups, rotation=20, ha="right")
-    ax.set_ylabel("score (%)")
+    ax.set_ylabel("headline metric (%), ± standard error")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +68,89 @@ def plot_sweep(document: dict, lambdas: Dict[str, float], path: Path) -> Path:
         ax.plot(xs, ys, marker="o", label=name)
         ax.fill_between(xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)], alpha=0.15)
     ax.set_xlabel("λ")
-    ax.set_ylabel("score (%)")
+    ax.set_ylabel("headline metric (%), ± standard error")
     ax.axvline(0, color="grey", lw=0.5)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_deltas(document: dict, path: Path) -> Path:
+    """Each headline Δ against the baseline with its 95% paired interval: one row per task,
+    variant and condition, one marker per model, zero marked; the metric named on the axis."""
+    from mergekit_reasoning.bench.report import PRIMARY
+
+    plt = _pyplot()
+    baseline = document["settings"]["baseline"]
+    labels = [label for label in document["models"] if label != baseline]
+    shown = [
+        c
+        for c in document.get("comparisons") or []
+        if c["subtask"] is None
+        and c["baseline"] == baseline
+        and c["baseline_condition"] == c["condition"]
+        and PRIMARY.get(c["task"]) == (c["metric"], c["filter"])
+    ]
+    rows: List[str] = []
+    for c in shown:
+        if _series_name(c) not in rows:
+            rows.append(_series_name(c))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.45 * max(1, len(rows)) * max(1, len(labels)) ** 0.5))
+    step = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        mine = {_series_name(c): c for c in shown if c["label"] == label}
+        ys = [r - 0.4 + step * (i + 0.5) for r, name in enumerate(rows) if name in mine]
+        cs = [mine[name] for name in rows if name in mine]
+        xs = [100 * c["delta"] for c in cs]
+        lo = [100 * (c["delta"] - c["ci"][0]) if c["ci"] else 0 for c in cs]
+        hi = [100 * (c["ci"][1] - c["delta"]) if c["ci"] else 0 for c in cs]
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", capsize=3, label=label)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ against {baseline}, points of each row's metric (95% paired interval)")
+    if labels:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_objective(trials: List[dict], space, document: dict, path: Path) -> Path:
+    """The dev objective against λ, one panel per λ parameter (one for a global λ): each trial at the
+    last rung it reached (pruned ones hollow), the winner starred."""
+    plt = _pyplot()
+    names = list(space.names)
+    scored = [t for t in trials if t["rung_values"] and "duplicate_of" not in t and t["params"]]
+    winner = document["winner"]["trial"]
+    objective = " + ".join(f"{w:g}·{t}" for t, w in document["settings"]["objective"].items())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        full = [t for t in scored if t["state"] == "COMPLETE"]
+        cut = [t for t in scored if t["state"] != "COMPLETE"]
+        last = lambda t: 100 * t["rung_values"][-1]  # noqa: E731
+        ax.scatter([t["params"][name] for t in full], [last(t) for t in full], label="every dev item")
+        ax.scatter(
+            [t["params"][name] for t in cut],
+            [last(t) for t in cut],
+            facecolors="none",
+            edgecolors="grey",
+            label="pruned (its last rung)",
+        )
+        best = [t for t in scored if t["number"] == winner]
+        ax.scatter(
+            [t["params"][name] for t in best], [last(t) for t in best], marker="*", s=220, c="red", label="winner"
+        )
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(name if name != "lambda" else "λ")
+    axes[0][0].set_ylabel(f"dev objective (%): {objective}")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -84,6 +84,29 @@ def variants(task: str, adversarial: bool) -> List[str]:
     return ["plain", "adversarial"] if adversarial and TASKS[task][2] else ["plain"]
 
 
+def group_subtask_names(task: str) -> Dict[str, str]:
+    """lm-eval task name -> subtask name, for a group (bbh); empty for a plain task."""
+    if task != "bbh":
+        return {}
+    return {f"{BBH_PREFIX}_{sub}": sub for sub in BBH_SUBTASKS}
+
+
+def group_weight_by_size(task: str, metric: str, filt: str) -> bool:
+    """How lm-eval aggregates `metric` (`filt`) over a group's subtasks: weighted by their
+    sizes (a pooled mean over items) or not (a mean of subtask means), as the group's
+    config says in its aggregate_metric_list."""
+    import yaml
+
+    name = TASKS[task][0]
+    config = yaml.safe_load((TASKS_DIR / f"_{name}.yaml").read_text())
+    for entry in config.get("aggregate_metric_list", []):
+        filters = entry.get("filter_list", "none")
+        filters = [filters] if isinstance(filters, str) else list(filters)
+        if entry["metric"] == metric and filt in filters:
+            return bool(entry.get("weight_by_size", True))
+    raise BenchError(f"group {task}: its config does not aggregate {metric} ({filt})")
+
+
 def dataset(task: str) -> str:
     return TASKS[task][1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from mergekit_reasoning.bench import registry
+from mergekit_reasoning.bench.comparisons import cell_key, index
 
 # The metric each task is summarised by in plots and sweeps.
 PRIMARY = {
@@ -35,6 +36,45 @@ def _delta(rec: Optional[dict], base: Optional[dict]) -> str:
     return f"{100 * (rec['value'] - base['value']):+.1f}"
 
 
+UP, DOWN = "▲", "▼"
+
+
+def legend(baseline: str) -> str:
+    """The one line that says what a Δ cell's interval and marks mean."""
+    return (
+        f"Δ [low, high]: Δ in points against `{baseline}` on the same items, with its 95% paired interval; "
+        f"{UP}/{DOWN}: the interval lies above/below 0 (exact McNemar for 0/1 outcomes, a seeded paired "
+        "bootstrap stratified by subtask for BBH and other metrics; p-values and the smallest detectable Δ "
+        "are under Paired comparisons)."
+    )
+
+
+def _pts(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def mark(ci) -> str:
+    """▲ where the interval lies above 0, ▼ below, nothing where it holds 0 (or there is none)."""
+    if ci is None:
+        return ""
+    return f" {UP}" if ci[0] > 0 else f" {DOWN}" if ci[1] < 0 else ""
+
+
+def delta_cell(rec: Optional[dict], base: Optional[dict], comparison: Optional[dict] = None) -> str:
+    """Δ in points, and where the per-item outcomes give one, its paired interval and mark."""
+    text = _delta(rec, base)
+    if text == "–" or comparison is None or comparison.get("ci") is None:
+        return text
+    low, high = comparison["ci"]
+    return f"{text}{mark(comparison['ci'])} [{_pts(low)}, {_pts(high)}]"
+
+
+def p_text(p: Optional[float]) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _rows(scores: List[dict], subtasks: bool) -> Dict[Tuple, Dict[str, dict]]:
     rows: Dict[Tuple, Dict[str, dict]] = {}
     for s in scores:
@@ -45,7 +85,7 @@ def _rows(scores: List[dict], subtasks: bool) -> Dict[Tuple, Dict[str, dict]]:
     return rows
 
 
-def _table(rows, labels: List[str], baseline: str, first_col: str) -> List[str]:
+def _table(rows, labels: List[str], baseline: str, first_col: str, paired: Optional[dict] = None) -> List[str]:
     others = [label for label in labels if label != baseline]
     head = [first_col, "variant", "metric", "condition", "n", baseline]
     for label in others:
@@ -56,8 +96,64 @@ def _table(rows, labels: List[str], baseline: str, first_col: str) -> List[str]:
         n = next((r["n"] for r in by_label.values() if r.get("n") is not None), "")
         cells = [sub or task, variant, metric, cond, str(n), _cell(base)]
         for label in others:
-            cells += [_cell(by_label.get(label)), _delta(by_label.get(label), base)]
+            rec = by_label.get(label)
+            comparison = None
+            if rec is not None and paired:
+                comparison = paired.get(
+                    cell_key(label, cond, baseline, cond, task, variant, rec["subtask"], rec["metric"], rec["filter"])
+                )
+            cells += [_cell(rec), delta_cell(rec, base, comparison)]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparisons_table(comparisons: List[dict]) -> List[str]:
+    """Every task-level Δ with its paired statistics: interval, p-value, method, discordant items, MDE."""
+    head = ["task", "variant", "metric", "condition", "model", "against", "n", "Δ", "95% CI", "p", "method"]
+    head += ["better / worse", "MDE (80% power)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        if c["subtask"] is not None:
+            continue
+        against = (
+            c["baseline"]
+            if c["baseline_condition"] == c["condition"]
+            else f"{c['baseline']} ({c['baseline_condition']})"
+        )
+        ci = "–" if c["ci"] is None else f"[{_pts(c['ci'][0])}, {_pts(c['ci'][1])}]"
+        method = c["method"] + (f", {c['strata']} strata" if (c.get("strata") or 1) > 1 else "")
+        counts = f"{c['better']} / {c['worse']}" if c.get("better") is not None else "–"
+        mde = "–" if c.get("mde") is None else f"{100 * c['mde']:.1f}"
+        cells = [c["task"], c["variant"], f"{c['metric']} ({c['filter']})", c["condition"], c["label"], against]
+        cells += [str(c["n"]), _pts(c["delta"]) + mark(c["ci"]), ci, p_text(c["p"]), method, counts, mde]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_section(document: dict) -> List[str]:
+    """## Paired comparisons: the table above's Δs with their statistics, and what MDE means."""
+    comparisons = document.get("comparisons") or []
+    lines: List[str] = []
+    if any(c["subtask"] is None for c in comparisons):
+        stats = document.get("statistics") or {}
+        lines += [
+            "",
+            "## Paired comparisons",
+            "",
+            "Δ and its 95% interval in points, per-item paired; better / worse: items only the model / only the "
+            "baseline gets right (0/1 outcomes); MDE: the smallest |Δ| this many items detect with 80% power at the "
+            "5% level, given the observed discordance (bootstrap: the observed spread), so a |Δ| below it says "
+            f"little either way. Bootstrap: {stats.get('n_resamples', '')} resamples, seed {stats.get('seed', '')}.",
+            "",
+        ]
+        lines += comparisons_table(comparisons)
+    missing = (document.get("statistics") or {}).get("units_without_items") or []
+    if missing:
+        lines += [
+            "",
+            f"No paired interval where a score was cached before per-item outcomes were kept ({len(missing)} "
+            f"units, e.g. {missing[0]}): delete OUT/cache to rescore them.",
+        ]
     return lines
 
 
@@ -97,12 +193,16 @@ def markdown_table(document: dict) -> str:
         f"Scores in percent ± standard error; Δ in points against `{baseline}`. "
         f"Data: {data_line(document)}; limit: {s['limit'] or 'none'}.",
         "",
+        legend(baseline),
+        "",
     ]
-    lines += _table(_rows(document["scores"], False), labels, baseline, "task")
+    paired = index(document.get("comparisons") or [])
+    lines += _table(_rows(document["scores"], False), labels, baseline, "task", paired)
     sub_rows = _rows(document["scores"], True)
     if sub_rows:
         lines += ["", "## Per subtask", ""]
-        lines += _table(sub_rows, labels, baseline, "subtask")
+        lines += _table(sub_rows, labels, baseline, "subtask", paired)
+    lines += paired_section(document)
     if s.get("sandbox"):
         lines += ["", f"HumanEval sandbox: {s['sandbox']}."]
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ CONDITIONS = "plain,think"
 BASE, PLUS, MINUS, DONOR = "base", "+v", "-v", "G+T"
 
 _TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype"}
-_ONLY = "reproduce merges one GRPO/SFT pair with one global λ"
+_ONLY = "{} merges one GRPO/SFT pair with one global λ"
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ class PairRecipe:
         return Recipe.for_pair(self.target, self.grpo, self.sft, 1.0, self.dtype)
 
 
-def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
-    """Read RECIPE and refuse, in one line, anything `merge_lambdas` would not merge exactly as written."""
+def read_pair_recipe(path: Union[str, Path], verb: str = "reproduce") -> PairRecipe:
+    """Read RECIPE and refuse, in one line, anything `merge_lambdas` would not merge exactly as written
+    (`verb`: the command, named in the message)."""
+    only = _ONLY.format(verb)
     recipe = Recipe.read(Path(path))
     recipe.config()  # mergekit's schema, merge_method and base_model
     data = recipe.data
@@ -53,7 +55,7 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
     unsupported = sorted(set(data) - _TOP_KEYS)
     if unsupported:
         raise BenchError(
-            f"{where}: {_ONLY}; `{unsupported[0]}` is not supported here (merge with "
+            f"{where}: {only}; `{unsupported[0]}` is not supported here (merge with "
             "`mergekit-reasoning merge`, then score with `bench`)"
         )
     target = data["base_model"]
@@ -68,20 +70,20 @@ def read_pair_recipe(path: Union[str, Path]) -> PairRecipe:
         extra = sorted((set(entry) - {"model", "parameters"}) | (set(params) - {"role"}))
         if not isinstance(model, str) or extra:
             raise BenchError(
-                f"{where}: model {model}: {_ONLY}; `{extra[0] if extra else 'model'}` is not supported here"
+                f"{where}: model {model}: {only}; `{extra[0] if extra else 'model'}` is not supported here"
             )
         role = params.get("role")
         if role not in ("grpo", "sft"):
-            raise BenchError(f"{where}: model {model} has role {role!r}; {_ONLY}: one `role: grpo` and one `role: sft`")
+            raise BenchError(f"{where}: model {model} has role {role!r}; {only}: one `role: grpo` and one `role: sft`")
         if role in roles:
-            raise BenchError(f"{where}: two models have role {role} ({roles[role]}, {model}); {_ONLY}")
+            raise BenchError(f"{where}: two models have role {role} ({roles[role]}, {model}); {only}")
         roles[role] = model
     if set(roles) != {"grpo", "sft"}:
         missing = sorted({"grpo", "sft"} - set(roles))[0]
-        raise BenchError(f"{where}: no model has role {missing}; {_ONLY}")
+        raise BenchError(f"{where}: no model has role {missing}; {only}")
     params = data.get("parameters") or {}
     if set(params) - {"lambda"}:
-        raise BenchError(f"{where}: parameter `{sorted(set(params) - {'lambda'})[0]}` is not supported here; {_ONLY}")
+        raise BenchError(f"{where}: parameter `{sorted(set(params) - {'lambda'})[0]}` is not supported here; {only}")
     lam = params.get("lambda", 1.0)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam == 0:
         raise BenchError(
@@ -131,10 +133,21 @@ def reproduce(
     out = Path(out_dir)
     merged = merge_lambdas(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges")
     models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
-    think = [c for c in parse_conditions(conditions) if c.prompt == "think"] if donor else []
+    conds = parse_conditions(conditions)
+    think = [c for c in conds if c.prompt == "think"] if donor else []
     if think:  # the paper's G+T: the GRPO donor, prompted to think step by step
         models[DONOR] = pair.grpo
         options["model_conditions"] = {**options.get("model_conditions", {}), DONOR: think}
+    # The paper's Δ: every model against the target under the plain prompt, paired like the others.
+    plain_names = {c.name for c in conds}
+    against_plain = [
+        (label, c.name, BASE, paper.plain_counterpart(c.name))
+        for label in models
+        if label != BASE
+        for c in (think if label == DONOR else conds)
+        if paper.plain_counterpart(c.name) != c.name and paper.plain_counterpart(c.name) in plain_names
+    ]
+    options["contrasts"] = [*options.get("contrasts", ()), *against_plain]
     extra = {
         **options.pop("extra", {}),
         "reproduce": {

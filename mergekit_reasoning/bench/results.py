@@ -87,6 +87,68 @@ def records_for(res: dict, lm_name: str) -> List[dict]:
     return out
 
 
+def _number(value: Any) -> Optional[float]:
+    """A per-item metric value as a float (bools included); None for anything else (e.g. a
+    corpus-level metric's raw pair), which has no per-item outcome to compare."""
+    if isinstance(value, (bool, int, float)) or hasattr(value, "item"):
+        number = float(value)
+        return number if number == number else None  # NaN: no outcome
+    return None
+
+
+def item_id(row: dict) -> Any:
+    """An item's id: the dataset row's own `mkr_id` where the loader set one (tune's dev
+    and test splits name their source rows), else lm-eval's document index."""
+    doc = row.get("doc")
+    return doc["mkr_id"] if isinstance(doc, dict) and "mkr_id" in doc else row["doc_id"]
+
+
+def items_for(res: dict, lm_name: str) -> Dict[str, dict]:
+    """Per-item outcomes of one task or group, compact: for each lm-eval task (a group's
+    subtasks), the item ids, a digest of the documents, and per `metric,filter` the values
+    in id order. This is what paired statistics need, so a comparison never rescores."""
+    names = [lm_name, *res.get("group_subtasks", {}).get(lm_name, [])]
+    out = {}
+    for name in names:
+        rows = res.get("samples", {}).get(name)
+        if not rows:
+            continue
+        values: Dict[str, Dict[Any, float]] = {}
+        hashes: Dict[Any, str] = {}
+        for row in rows:
+            ident = item_id(row)
+            hashes.setdefault(ident, str(row.get("doc_hash", "")))
+            for metric in row.get("metrics", []):
+                number = _number(row.get(metric))
+                if number is not None:
+                    values.setdefault(f"{metric},{row.get('filter')}", {})[ident] = number
+        ids = sorted(hashes, key=lambda i: (str(type(i)), i))
+        digest = hashlib.sha256("\n".join(f"{i}:{hashes[i]}" for i in ids).encode()).hexdigest()
+        out[name] = {
+            "ids": ids,
+            "docs_sha256": digest,
+            "values": {key: [_compact(per_id.get(i)) for i in ids] for key, per_id in values.items()},
+        }
+    return jsonable(out)
+
+
+def _compact(value: Optional[float]):
+    """1 for 1.0: most outcomes are 0/1, and the results file holds thousands of them."""
+    return int(value) if value is not None and value.is_integer() else value
+
+
+def item_values(entry: dict, metric_filter: str) -> Dict[Any, float]:
+    """item id -> value of one `metric,filter` from an `items_for` entry (items without one left out)."""
+    ids, values = entry["ids"], entry["values"].get(metric_filter)
+    if values is None:
+        return {}
+    return {_hashable(i): float(v) for i, v in zip(ids, values) if v is not None}
+
+
+def _hashable(ident):
+    return tuple(ident) if isinstance(ident, list) else ident
+
+
 def samples_for(res: dict, lm_name: str) -> Dict[str, list]:
     """Per-sample outputs, compacted: document id, target, raw and filtered responses, scores."""
     names = [lm_name, *res.get("group_subtasks", {}).get(lm_name, [])]

@@ -7,16 +7,18 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from mergekit_reasoning.bench import registry, sandbox
 from mergekit_reasoning.bench.children import is_main_rank, score_in_children
+from mergekit_reasoning.bench.comparisons import compare_units, default_contrasts, item_entries, statistics_settings
 from mergekit_reasoning.bench.conditions import Condition, parse_conditions
 from mergekit_reasoning.bench.engines import engine_settings, score_identity
 from mergekit_reasoning.bench.identity import check_model, model_identity, package_versions
-from mergekit_reasoning.bench.plots import plot_scores
+from mergekit_reasoning.bench.plots import plot_deltas, plot_scores
 from mergekit_reasoning.bench.report import markdown_table
 from mergekit_reasoning.bench.results import jsonable, load_unit, unit_key
 from mergekit_reasoning.core.errors import BenchError
@@ -49,6 +51,7 @@ class BenchRun:
     identities: Dict[str, dict]  # label -> identity.model_identity
     plots: bool
     progress: bool
+    contrasts: tuple = ()  # (label, condition, baseline label, baseline condition) beyond the defaults
 
     @property
     def cache_dir(self) -> Path:
@@ -103,6 +106,7 @@ def run_bench(
     extra: Optional[dict] = None,
     allow_weak_sandbox: bool = False,
     model_conditions: Optional[Dict[str, Union[str, Iterable[Union[str, Condition]]]]] = None,
+    contrasts: Iterable[tuple] = (),
     **engine_options,
 ) -> Optional[dict]:
     """Score every model under every condition on every task; return the results document.
@@ -118,6 +122,10 @@ def run_bench(
     recorded either way, and is part of a HumanEval score's cache key.
     `model_conditions` maps some labels to conditions of their own, in place of
     `conditions` (e.g. a reference model scored only with the think prompt).
+    Every Δ gets paired statistics from the per-item outcomes (comparisons.py): each
+    label against the baseline under the same condition, and each of `contrasts`,
+    (label, condition, other label, other condition), e.g. against the baseline under
+    the plain prompt.
     """
     run = plan(
         models,
@@ -140,6 +148,7 @@ def run_bench(
         extra=extra,
         allow_weak_sandbox=allow_weak_sandbox,
         model_conditions=model_conditions,
+        contrasts=contrasts,
         **engine_options,
     )
     units = run.units()
@@ -171,6 +180,7 @@ def plan(
     extra,
     allow_weak_sandbox,
     model_conditions,
+    contrasts=(),
     **engine_options,
 ) -> BenchRun:
     """Check every option and model, and settle what the run scores and records."""
@@ -229,7 +239,23 @@ def plan(
         identities={label: model_identity(str(ref)) for label, ref in models.items()},
         plots=plots,
         progress=progress,
+        contrasts=_checked_contrasts(contrasts, models, conds, own),
     )
+
+
+def _checked_contrasts(contrasts, models, conds, own) -> tuple:
+    """(label, condition, baseline label, baseline condition) tuples, each naming a scored pair."""
+    out = []
+    for contrast in contrasts:
+        label, cond, base_label, base_cond = contrast
+        cond, base_cond = (c if isinstance(c, Condition) else parse_conditions(c)[0] for c in (cond, base_cond))
+        for lab, c in ((label, cond), (base_label, base_cond)):
+            if lab not in models:
+                raise BenchError(f"contrast {contrast}: {lab!r} is not one of the model labels {list(models)}")
+            if c not in own.get(lab, conds):
+                raise BenchError(f"contrast {contrast}: {lab!r} is not scored under condition {c.name!r}")
+        out.append((label, cond.name, base_label, base_cond.name))
+    return tuple(out)
 
 
 def score_missing(run: BenchRun, units: List[tuple]) -> None:
@@ -264,6 +290,15 @@ def write_report(run: BenchRun, units: List[tuple]) -> dict:
             for r in done[u]["records"]
         ],
     }
+    contrasts = default_contrasts(units, run.settings["baseline"])
+    contrasts += [c for c in run.contrasts if c not in contrasts]
+    comparisons, without_items = compare_units(contrasts, units, done)
+    document["statistics"] = {
+        **statistics_settings(),
+        **({"units_without_items": without_items} if without_items else {}),
+    }
+    document["comparisons"] = comparisons
+    document["items"] = item_entries(units, done)
     if run.settings["log_samples"]:
         document["samples"] = [
             {"label": u[0], "condition": u[1].name, "task": u[2], "variant": u[3], "samples": done[u].get("samples")}
@@ -271,11 +306,24 @@ def write_report(run: BenchRun, units: List[tuple]) -> dict:
         ]
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(jsonable(document), indent=1))
+    (out / "results.json").write_text(results_text(document))
     (out / "table.md").write_text(markdown_table(document))
     if run.plots:
         plot_scores(document, out / "plots" / "scores.png")
+        plot_deltas(document, out / "plots" / "deltas.png")
     return document
+
+
+# a list broken over lines whose items are numbers, nulls or short plain strings (item ids)
+_FLAT_LIST = re.compile(r'\[\n(?:\s*(?:-?[0-9][0-9eE.+\-]*|null|"[A-Za-z0-9_:./\-]*"),?)*\s*\]')
+
+
+def results_text(document: dict) -> str:
+    """results.json's text: indented, but each list of numbers or ids (per-item outcomes,
+    thousands of them) on one line. Only a list the indenting broke over lines is joined,
+    and JSON strings hold no raw newline nor (these) a comma, so no string is touched."""
+    text = json.dumps(jsonable(document), indent=1)
+    return _FLAT_LIST.sub(lambda m: "[" + ",".join(x.strip() for x in m.group(0)[1:-1].split(",")) + "]", text)
 
 
 def _safe_source(task: str, data_dir: Optional[str]) -> dict:

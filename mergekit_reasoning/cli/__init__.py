@@ -16,6 +16,7 @@ import click
 
 from mergekit_reasoning.cli import bench as bench_commands
 from mergekit_reasoning.cli import recipes as recipe_commands
+from mergekit_reasoning.cli import tune as tune_commands
 from mergekit_reasoning.core.errors import Error
 from mergekit_reasoning.core.formats import VECTOR_DTYPES
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
@@ -287,6 +288,7 @@ def demo(workdir, shape):
 main.add_command(bench_commands.bench)
 main.add_command(bench_commands.reproduce_command)
 main.add_command(recipe_commands.recipes)
+main.add_command(tune_commands.tune_command)
 
 
 def _terminated(signum, frame) -> None:

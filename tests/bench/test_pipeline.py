@@ -98,6 +98,77 @@ def test_markdown_table_has_deltas_against_the_baseline(run):
 def test_plot_is_a_png(run):
     out, _ = run
     assert (out / "plots" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plots" / "deltas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_delta_has_paired_statistics_from_the_items_kept_in_results_json(run):
+    out, doc = run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["statistics"]["seed"] == 0 and saved["statistics"]["n_resamples"] == 10_000
+    # Per-item outcomes of every unit, compact: ids and values per metric and filter.
+    entry = next(i for i in saved["items"] if i["label"] == "plus" and i["lm_task"] == "mkr_sciq")
+    assert entry["ids"] == [0] and set(entry["values"]) == {"acc,none", "acc_norm,none"}
+    assert len({i["lm_task"] for i in saved["items"] if i["task"] == "bbh" and i["label"] == "base"}) == 27
+    # One comparison per Δ cell, and each Δ is the records' difference.
+    scores = {(s["label"], s["task"], s["variant"], s["subtask"], s["metric"], s["filter"]): s for s in doc["scores"]}
+    comparisons = saved["comparisons"]
+    for label in ("plus", "minus"):
+        rows = [k for k in scores if k[0] == label]
+        keyed = {
+            (c["task"], c["variant"], c["subtask"], c["metric"], c["filter"])
+            for c in comparisons
+            if c["label"] == label
+        }
+        assert keyed == {k[1:] for k in rows}
+    for c in comparisons:
+        assert c["baseline"] == "base" and c["level"] == 0.95
+        key = (c["task"], c["variant"], c["subtask"], c["metric"], c["filter"])
+        assert c["delta"] == pytest.approx(scores[(c["label"], *key)]["value"] - scores[("base", *key)]["value"])
+        if c["task"] == "bbh" and c["subtask"] is None:  # the group, one item per subtask: no spread to resample
+            assert c["method"] == "paired bootstrap" and c["strata"] == 27 and c["ci"] is None
+        else:
+            assert c["method"] == "exact McNemar" and c["n"] == 1 and c["p"] == 1.0 and not c["significant"]
+    table = (out / "table.md").read_text()
+    assert "95% paired interval" in table and "▲/▼: the interval lies above/below 0" in table
+    assert "## Paired comparisons" in table and "| MDE (80% power) |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| sciq | plain | acc_norm (none) | plain |"))
+    assert "[-97.5, +97.5]" in row or "▲" in row or "▼" in row  # one item: the widest interval
+
+
+def test_scores_cached_before_items_were_kept_are_reused_and_named(run, labelled, fixture_data, tmp_path, monkeypatch):
+    """A cache written by an older version (records only) still serves its scores; those Δ lose their interval."""
+    import shutil
+
+    from mergekit_reasoning.bench import run_bench
+
+    from .spies import spy_on_children
+
+    out, doc = run
+    copy = tmp_path / "old"
+    shutil.copytree(out / "cache", copy / "cache")
+    for path in (copy / "cache").glob("*.json"):
+        unit = json.loads(path.read_text())
+        if any(r["metric"] == "acc_norm" for r in unit["records"]) and unit["items"]["mkr_sciq"]:
+            unit.pop("items")
+            path.write_text(json.dumps(unit))
+    jobs = spy_on_children(monkeypatch)
+    again = run_bench(
+        labelled,
+        "gsm8k,humaneval,sciq,bbh",
+        out_dir=copy,
+        data_dir=str(fixture_data),
+        adversarial=True,
+        log_samples=True,
+        **FAST,
+    )
+    assert jobs == [] and again["scores"] == doc["scores"]
+    assert not any(c["task"] == "sciq" for c in again["comparisons"])
+    assert {c["task"] for c in again["comparisons"]} == {c["task"] for c in doc["comparisons"]} - {"sciq"}
+    assert "base sciq (plain, plain)" in again["statistics"]["units_without_items"]
+    table = (copy / "table.md").read_text()
+    assert "No paired interval where a score was cached before per-item outcomes were kept" in table
+    row = next(line for line in table.splitlines() if line.startswith("| sciq | plain | acc_norm (none) | plain |"))
+    assert "[" not in row
 
 
 def test_cli_scores_only_new_units_and_prints_the_table(run, labelled, fixture_data, monkeypatch):

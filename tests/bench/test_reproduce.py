@@ -208,6 +208,20 @@ def test_table_sets_the_paper_beside_the_measured_deltas(reproduced):
     assert "| bbh_navigate | plain | exact_match (get-answer) | think |" in table
 
 
+def test_every_delta_of_the_table_is_paired_including_those_against_the_plain_prompt(reproduced):
+    doc = reproduced["doc"]
+    pairs = {(c["label"], c["condition"], c["baseline_condition"]) for c in doc["comparisons"]}
+    for label in ("+v", "-v"):
+        assert {(label, "plain", "plain"), (label, "think", "think"), (label, "think", "plain")} <= pairs
+    assert ("G+T", "think", "plain") in pairs and not any(p[0] == "G+T" and p[1] == "plain" for p in pairs)
+    lines = (reproduced["out"] / "table.md").read_text().splitlines()
+    think = next(line for line in lines if line.startswith("| gsm8k_cot | plain | think |"))
+    cells = [c.strip() for c in think.strip("|").split("|")]
+    assert all("[" in cells[i] and "]" in cells[i] for i in (6, 7, 10, 11, 14))  # every Δ with its interval
+    assert any(line.startswith("Δ [low, high]: Δ in points against `base`") for line in lines)
+    assert "| gsm8k_cot | plain | exact_match (strict-match) | think | +v | base (plain) |" in "\n".join(lines)
+
+
 def test_a_rerun_and_the_subtracting_recipe_reuse_every_merge_and_score(reproduced):
     assert reproduced["rerun"] == ([], [])
     assert reproduced["again"]["scores"] == reproduced["doc"]["scores"]

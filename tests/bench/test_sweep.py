@@ -62,6 +62,11 @@ def test_sweep_merges_scores_plots_and_resumes(trio, fixture_data, tmp_path, mon
     merged = out / "merges" / "lambda=0.5"
     assert json.loads((merged / "reasoning_merge.json").read_text())["lambda_override"] == 0.5
     assert "Δ lambda=1" in (out / "table.md").read_text()
+    # Each λ's Δ against λ = 0 is paired, item by item (McNemar on SciQ's 0/1 outcomes).
+    paired = {(c["label"], c["metric"]): c for c in doc["comparisons"]}
+    assert set(paired) == {(f"lambda={lam:g}", m) for lam in (0.5, 1.0) for m in ("acc", "acc_norm")}
+    assert all(c["baseline"] == "lambda=0" and c["method"] == "exact McNemar" and c["n"] == 2 for c in paired.values())
+    assert (out / "plots" / "deltas.png").read_bytes()[:4] == b"\x89PNG"
 
     # A rerun finds everything done.
     calls["merge"].clear(), calls["score"].clear()
