@@ -25,8 +25,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-import yaml
 from _launch import MERGEKIT_REASONING, MERGEKIT_YAML, command
+from merge_speed import recipe
 
 NEEDED = 62e9
 SHARD = 5_000_000_000  # the hub's 7B checkpoints: four shards of about 5 GB
@@ -119,7 +119,6 @@ def main():
             f"skipped: the 7B benchmark needs about {NEEDED / 1e9:.0f} GB of free disk, {work} has {free / 1e9:.0f} GB"
         )
         return
-    from mergekit_reasoning.executor.recipe import Recipe
     from mergekit_reasoning.testing.standins import write_trio
 
     try:
@@ -127,24 +126,8 @@ def main():
             write_trio(models_dir, shape="qwen2.5-7b", num_layers=28, tokenizer=False, max_shard_bytes=SHARD)
         models = {role: models_dir / role for role in ("target", "grpo", "sft")}
         input_bytes = sum(f.stat().st_size for m in models.values() for f in m.glob("*.safetensors"))
-        rv = work / "rv.yml"
-        rv.write_text(yaml.safe_dump(Recipe.for_pair(models["target"], models["grpo"], models["sft"]).data))
-        ta = work / "ta.yml"
-        ta.write_text(
-            yaml.safe_dump(
-                {
-                    "merge_method": "task_arithmetic",
-                    "base_model": str(models["target"]),
-                    "models": [
-                        {"model": str(models["grpo"]), "parameters": {"weight": 1.0}},
-                        {"model": str(models["sft"]), "parameters": {"weight": -1.0}},
-                    ],
-                    "parameters": {"normalize": False},
-                    "dtype": "bfloat16",
-                    "out_dtype": "bfloat16",
-                }
-            )
-        )
+        rv = recipe(models, "reasoning_vector", work / "rv.yml")
+        ta = recipe(models, "task_arithmetic", work / "ta.yml")
         out = work / "out"
         approaches = [
             (
