@@ -17,6 +17,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay the figure out, write it as a PNG at `path` (its folder made) and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _series_name(s: dict) -> str:
     """Task (variant) [condition], metric (filter): what a bar, line or row shows."""
     name = s["task"] + (" (adversarial)" if s["variant"] != "plain" else "")
@@ -45,11 +54,7 @@ def plot_scores(document: dict, path: Path) -> Path:
     ax.set_xticklabels(groups, rotation=20, ha="right")
     ax.set_ylabel("headline metric (%), ± standard error")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_sweep(document: dict, lambdas: Dict[str, float], path: Path) -> Path:
@@ -71,11 +76,7 @@ def plot_sweep(document: dict, lambdas: Dict[str, float], path: Path) -> Path:
     ax.set_ylabel("headline metric (%), ± standard error")
     ax.axvline(0, color="grey", lw=0.5)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_deltas(document: dict, path: Path) -> Path:
@@ -115,11 +116,7 @@ def plot_deltas(document: dict, path: Path) -> Path:
     ax.set_xlabel(f"Δ against {baseline}, points of each row's metric (95% paired interval)")
     if labels:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_objective(trials: List[dict], space, document: dict, path: Path) -> Path:
@@ -151,8 +148,4 @@ def plot_objective(trials: List[dict], space, document: dict, path: Path) -> Pat
         ax.set_xlabel(name if name != "lambda" else "λ")
     axes[0][0].set_ylabel(f"dev objective (%): {objective}")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -74,22 +74,29 @@ def _named_by_digest(path: Path) -> bool:
     return path.parent.name == "blobs" and len(path.name) == 64 and all(c in "0123456789abcdef" for c in path.name)
 
 
+def _digest_kind(path: Path, like: Optional[str]) -> str:
+    """How an input file is digested: "blob" (a hub blob, by its own name), "ranges" (a
+    safetensors file, by `RANGES`) or "sha256"; `like`, a recorded digest, keeps its kind."""
+    if like is not None and like.startswith(RANGES):
+        return "ranges"
+    if _named_by_digest(path.resolve()):
+        return "blob"
+    if like is not None:
+        return "sha256"
+    return "ranges" if path.suffix == ".safetensors" else "sha256"
+
+
+def _cache_key(path: Path, kind: str) -> str:
+    return _key(path.resolve()) + ("|ranges" if kind == "ranges" else "")
+
+
 def known_without_reading(path: os.PathLike, like: Optional[str] = None) -> bool:
     """Whether `input_digest(path, like=like)` would answer without reading the file: a hub
     blob named by its digest, or a cache entry of that kind for this path, size,
     modification and change times and inode."""
-    path = Path(path).resolve()
-    ranges = like.startswith(RANGES) if like is not None else path.suffix == ".safetensors"
-    if _named_by_digest(path) and not (like or "").startswith(RANGES):
-        return True
-    return (_key(path) + ("|ranges" if ranges else "")) in _read_cache()
-
-
-def remember_sha256(path: os.PathLike, digest: str) -> None:
-    """Record a hash computed elsewhere (a merge hashes the shards it writes), so the
-    next reader of the file, such as the benchmark harness, need not read it again."""
-    path = Path(path).resolve()
-    _store(path, _key(path), digest)
+    path = Path(path)
+    kind = _digest_kind(path, like)
+    return kind == "blob" or _cache_key(path, kind) in _read_cache()
 
 
 def _key(path: Path) -> str:
@@ -156,27 +163,26 @@ def ranges_sha256(path: os.PathLike) -> str:
 def input_digest(path: os.PathLike, *, like: Optional[str] = None, cached: bool = True) -> str:
     """An input file's digest for a manifest: a hub blob's own name; for a safetensors
     file, its ranges digest; else its SHA-256. `like` (a recorded digest) picks the kind,
-    so a manifest is checked the way it was written."""
+    so a manifest is checked the way it was written; without `cached` every file is read."""
     path = Path(path)
-    if cached and _named_by_digest(path.resolve()) and not (like or "").startswith(RANGES):
-        return path.resolve().name
-    ranges = like.startswith(RANGES) if like is not None else path.suffix == ".safetensors"
-    if not ranges:
+    kind = _digest_kind(path, like)
+    if kind == "blob":
+        return path.resolve().name if cached else sha256_file(path)
+    if kind == "sha256":
         return cached_sha256(path) if cached else sha256_file(path)
-    if cached:
-        known = _read_cache().get(_key(path.resolve()) + "|ranges")
-        if known is not None:
-            return known
+    known = _read_cache().get(_cache_key(path, kind)) if cached else None
+    if known is not None:
+        return known
     digest = ranges_sha256(path)
     remember_digest(path, digest)
     return digest
 
 
 def remember_digest(path: os.PathLike, digest: str) -> None:
-    """Record a digest computed elsewhere: a file SHA-256, or a ranges digest a merge took."""
+    """Record a digest computed elsewhere (a merge hashes the shards it writes, and the inputs'
+    ranges as it reads them), so the next reader of the file need not read it again."""
     path = Path(path).resolve()
-    key = _key(path) + ("|ranges" if digest.startswith(RANGES) else "")
-    _store(path, key, digest)
+    _store(path, _cache_key(path, "ranges" if digest.startswith(RANGES) else "sha256"), digest)
 
 
 def input_digests(

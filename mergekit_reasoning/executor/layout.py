@@ -26,7 +26,6 @@ STORED = {name: torch_dtype(name) for name in FLOAT_NAMES}
 def output_entries(tasks: Sequence) -> Optional[List[Entry]]:
     """The outputs of mergekit's SaveTensor `tasks`, in order, or None where unknown."""
     from mergekit.common import dtype_from_name
-    from mergekit.io.tasks import LoaderCache
 
     headers: Dict[str, Dict[str, Tuple[str, Tuple[int, ...]]]] = {}
     entries = []
@@ -34,11 +33,10 @@ def output_entries(tasks: Sequence) -> Optional[List[Entry]]:
         merge = task.tensor_task
         loaded = {}
         for load in merge.gather_tensors.arguments().values():
-            loader = LoaderCache().get(load.model)
-            name = resolve_tensor_name(load, loader)
-            if name is None:
+            read = stored_read(load)
+            if read is None:
                 return None
-            path = os.path.join(loader.index.base_path, loader.index.tensor_paths[name])
+            path, name = read
             stored = _header(path, headers).get(name)
             if stored is None or stored[0] not in STORED:
                 return None
@@ -51,6 +49,18 @@ def output_entries(tasks: Sequence) -> Optional[List[Entry]]:
             dtype = torch.promote_types(dtype, loaded[model][0])
         entries.append(Entry(task.tensor_name, dtype_from_name(task.dtype) or dtype, loaded[merge.base_model][1]))
     return entries if supports(entries) else None
+
+
+def stored_read(load) -> Optional[Tuple[str, str]]:
+    """(file, stored tensor) that mergekit's LoadTensor `load` reads, or None where it would
+    convert or miss the tensor."""
+    from mergekit.io.tasks import LoaderCache
+
+    loader = LoaderCache().get(load.model)
+    name = resolve_tensor_name(load, loader)
+    if name is None or name not in loader.index.tensor_paths:
+        return None
+    return os.path.join(loader.index.base_path, loader.index.tensor_paths[name]), name
 
 
 def _header(path: str, cache: Dict) -> Dict[str, Tuple[str, Tuple[int, ...]]]:

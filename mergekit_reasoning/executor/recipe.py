@@ -114,11 +114,7 @@ class Recipe:
 
     def model_refs(self) -> List[str]:
         """The target and every donor (under `models:` and `slices:`), as written (no mergekit)."""
-        entries = list(self.data.get("models") or [])
-        for output_slice in self.data.get("slices") or []:
-            if isinstance(output_slice, dict):
-                entries.extend(output_slice.get("sources") or [])
-        refs = [self.data.get("base_model")] + [m.get("model") for m in entries if isinstance(m, dict)]
+        refs = [self.data.get("base_model")] + [entry.get("model") for entry in _input_entries(self.data)]
         return list(dict.fromkeys(r for r in refs if isinstance(r, str)))
 
     def config(self) -> Any:
@@ -226,14 +222,18 @@ def _check_bounds(data: Any, source: str) -> None:
     walk(data, 0, ())
 
 
+def _input_entries(data: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The raw YAML entries of a recipe's inputs: under `models:` and each slice's `sources:`."""
+    entries = list(data.get("models") or [])
+    for output_slice in data.get("slices") or []:
+        if isinstance(output_slice, dict):
+            entries.extend(output_slice.get("sources") or [])
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
 def _lambda_settings(data: Dict[str, Any]):
     """(where, value) of every `lambda` a recipe sets: for the whole recipe, per model, per slice source."""
-    entries = [("the recipe", data)]
-    entries += [(f"model {m.get('model')}", m) for m in data.get("models") or [] if isinstance(m, dict)]
-    for output_slice in data.get("slices") or []:
-        for source in (output_slice.get("sources") or []) if isinstance(output_slice, dict) else []:
-            if isinstance(source, dict):
-                entries.append((f"model {source.get('model')}", source))
+    entries = [("the recipe", data)] + [(f"model {entry.get('model')}", entry) for entry in _input_entries(data)]
     for where, entry in entries:
         parameters = entry.get("parameters")
         if isinstance(parameters, dict) and "lambda" in parameters:

@@ -20,7 +20,7 @@ from mergekit_reasoning.core.hashing import cache_root
 from mergekit_reasoning.core.offline import go_offline_if_unreachable
 from mergekit_reasoning.core.staging import check_output_name, refuse_non_empty, refuse_output_over_inputs
 from mergekit_reasoning.executor.readahead import advise, available_memory, recipe_model_dirs, reclaimable_memory
-from mergekit_reasoning.executor.recipe import Recipe, model_dir
+from mergekit_reasoning.executor.recipe import Recipe
 from mergekit_reasoning.executor.reserve import reserve
 from mergekit_reasoning.method.roles import lambda_problem
 
@@ -124,16 +124,16 @@ def merge(
     outs = [Path(p) for p in outs]
     if lambdas is not None:
         check_lambdas(lambdas)
-    inputs_here = [Path(model_dir(ref)) for ref in recipe.model_refs()]
+    local_inputs = recipe_model_dirs(recipe)
     for out in outs:  # before anything is read or reserved
         check_output_name(out)
-        refuse_output_over_inputs(out, inputs_here)
+        refuse_output_over_inputs(out, map(Path, local_inputs))
         refuse_non_empty(out, overwrite)
     budget = min(reclaimable_memory() // 5, RESERVE_CAP)
     reservation = reserve(recipe, outs, settings.shard_bytes(), budget=budget)
     try:
         go_offline_if_unreachable(echo)
-        advise(recipe_model_dirs(recipe), budget_bytes=available_memory() // 4)
+        advise(local_inputs, budget_bytes=available_memory() // 4)
         from mergekit.io.tasks import LoaderCache
 
         from mergekit_reasoning.executor import stream

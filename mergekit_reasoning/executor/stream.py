@@ -29,16 +29,15 @@ import torch
 import yaml
 
 from mergekit_reasoning.core.errors import RecipeError
-from mergekit_reasoning.core.hashing import input_digest, known_without_reading, model_files, remember_sha256
-from mergekit_reasoning.core.staging import refuse_non_empty, staged
+from mergekit_reasoning.core.hashing import input_digest, known_without_reading, model_files, remember_digest
+from mergekit_reasoning.core.staging import staged
 from mergekit_reasoning.executor.input_hashes import InputHashes
-from mergekit_reasoning.executor.layout import output_entries
+from mergekit_reasoning.executor.layout import output_entries, stored_read
 from mergekit_reasoning.executor.manifest import describe_inputs, input_roles, write_manifest
 from mergekit_reasoning.executor.mergekit_private import (
     copy_tagalong_files,
     copy_tokenizer,
     model_out_config,
-    resolve_tensor_name,
 )
 from mergekit_reasoning.executor.recipe import CheckedRecipe
 from mergekit_reasoning.executor.shard_writer import MappedShards
@@ -68,8 +67,6 @@ def merge(
     outs = [Path(p) for p in out_paths]
     if lambdas is not None and len(lambdas) != len(outs):
         raise RecipeError(f"{len(lambdas)} lambda values but {len(outs)} output folders")
-    for out in outs:
-        refuse_non_empty(out, overwrite)  # before planning, not after
     plan, cfg_out, arch_info = _plan(checked, options, outs[0])
     streamable = all(type(t.tensor_task.gather_tensors).__name__ == "GatherTensors" for t in plan)
     if not streamable and lambdas is not None:
@@ -125,7 +122,7 @@ def merge(
         _close_inputs()
     for out, manifest in zip(outs, manifests):  # now in place: scoring them needs no re-read
         for name, digest in manifest["outputs"].items():
-            remember_sha256(out / name, digest)
+            remember_digest(out / name, digest)
     return outs
 
 
@@ -185,18 +182,10 @@ def _mergekit_executor(checked: CheckedRecipe, path: Path, name: str, options) -
 
 def _planned_reads(tasks) -> Dict[str, List[Tuple[Path, str]]]:
     """Per output tensor, the (file, stored tensor) pairs its loads read."""
-    from mergekit.io.tasks import LoaderCache
-
     reads = {}
     for task in tasks:
-        pairs = []
-        for load in task.tensor_task.gather_tensors.arguments().values():
-            loader = LoaderCache().get(load.model)
-            name = resolve_tensor_name(load, loader)
-            if name is not None and name in loader.index.tensor_paths:
-                path = Path(os.path.realpath(os.path.join(loader.index.base_path, loader.index.tensor_paths[name])))
-                pairs.append((path, name))
-        reads[task.tensor_name] = pairs
+        found = [stored_read(load) for load in task.tensor_task.gather_tensors.arguments().values()]
+        reads[task.tensor_name] = [(Path(os.path.realpath(path)), name) for path, name in filter(None, found)]
     return reads
 
 

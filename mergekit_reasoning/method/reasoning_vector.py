@@ -169,7 +169,7 @@ def _stock_output_path() -> Optional[str]:
 
 @lru_cache(maxsize=None)
 def _check_output_apart(out: str, models: Tuple[ModelReference, ...]) -> None:
-    refuse_output_over_inputs(Path(out), [Path(m.model.path) for m in models if os.path.exists(m.model.path)])
+    refuse_output_over_inputs(Path(out), [Path(m.model.path) for m in models])  # it passes over hub ids
 
 
 def _planned_inputs(frame) -> Optional[Planned]:
