@@ -8,7 +8,6 @@ changes one of them and forces a fresh hash.
 
 import hashlib
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
@@ -142,22 +141,27 @@ def combine_ranges(range_digests: Iterable[bytes]) -> str:
     return RANGES + hashlib.sha256(b"".join(range_digests)).hexdigest()
 
 
-def hash_range(view, begin: int, end: int) -> bytes:
-    """SHA-256 of bytes [begin, end) of a buffer (a mapped file), a step at a time."""
+def hash_range(fd: int, begin: int, end: int) -> bytes:
+    """SHA-256 of bytes [begin, end) of an open file, read a step at a time with pread:
+    from the page cache when the merge has just read them, and into a buffer rather
+    than a mapping, so hashing adds nothing to the process's resident memory."""
     digest = hashlib.sha256()
     for start in range(begin, end, CHUNK):
-        digest.update(view[start : min(end, start + CHUNK)])
+        block = os.pread(fd, min(end, start + CHUNK) - start, start)
+        if not block:
+            raise OSError(f"file ended at byte {start}, its header says {end}")
+        digest.update(block)
     return digest.digest()
 
 
 def ranges_sha256(path: os.PathLike) -> str:
     """The ranges digest of a safetensors file, reading it once, in order."""
     ranges, _ = byte_ranges(path)
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return combine_ranges([])
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return combine_ranges(hash_range(mapped, begin, end) for begin, end in ranges)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return combine_ranges(hash_range(fd, begin, end) for begin, end in ranges)
+    finally:
+        os.close(fd)
 
 
 def input_digest(path: os.PathLike, *, like: Optional[str] = None, cached: bool = True) -> str:

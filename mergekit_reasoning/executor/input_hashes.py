@@ -4,13 +4,12 @@ A file SHA-256 must follow the file's own order, and a merge reads its inputs in
 output's order: with inputs larger than memory (a 7B merge reads 45 GB on a 24 GB
 machine), hashing them beside the merge read most of them from disk twice. So each
 input weight file is digested by its byte ranges (`core.hashing.RANGES`): each time
-the merge has loaded a tensor, the range that holds it is hashed from a mapping of the
-same file, while its pages are still in memory; the ranges no load touches (headers,
+the merge has loaded a tensor, the range that holds it is hashed from the
+same file, while its pages are still in the page cache; the ranges no load touches (headers,
 tensors the plan leaves out) are hashed alongside from the start. Hub blobs are named
 by their SHA-256 and need no hashing at all.
 """
 
-import mmap
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,9 +24,7 @@ class _File:
     def __init__(self, path: Path):
         self.path = path
         self.ranges, self.where = byte_ranges(path)
-        self.size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+        self.fd = os.open(path, os.O_RDONLY)
         self.digests: Dict[int, Future] = {}
 
 
@@ -65,7 +62,7 @@ class InputHashes:
                 return
             begin, end = file.ranges[index]
             self.hashed_bytes += end - begin
-            file.digests[index] = self._pool.submit(hash_range, file.map, begin, end)
+            file.digests[index] = self._pool.submit(hash_range, file.fd, begin, end)
 
     def digests(self) -> Dict[Path, str]:
         """Each file's ranges digest (ranges no load reached are hashed now), remembered in
@@ -82,5 +79,4 @@ class InputHashes:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for file in self._files.values():
-            if file.map is not None:
-                file.map.close()
+            os.close(file.fd)
