@@ -3,9 +3,11 @@
 A plugin that registers a merge method joins every test mergekit generates per
 registered method, so a user (or a downstream CI) running mergekit's tests would
 meet our failures. This runs the tests of the installed mergekit version: the
-`tests/` of its sdist from PyPI, plus the two helper files the sdist leaves out
-(`tests/__init__.py`, `tests/common.py`), taken from the matching release tag on
-GitHub (or from MERGEKIT_TEST_HELPERS, a folder holding both, for offline runs).
+`tests/` of its sdist from PyPI, plus the two helper modules the sdist leaves out
+(`tests/__init__.py`, `tests/common.py`). Those come from
+test-data/mergekit-tests/helpers/, written for this project from how the tests use
+them (CI reaches only package registries, not GitHub); MERGEKIT_TEST_HELPERS=DIR
+runs the suite with another copy instead, such as mergekit's own from its release tag.
 Everything lands in test-data/mergekit-tests/mergekit-<version>/ (ignored by git)
 beside mergekit's LICENSE from the same sdist (LGPL-3.0-only; see NOTICE there).
 The package `mergekit/` of the sdist is not unpacked, so the installed one is
@@ -21,13 +23,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "test-data" / "mergekit-tests"
 HELPERS = ("tests/__init__.py", "tests/common.py")
-TAG_URL = "https://raw.githubusercontent.com/arcee-ai/mergekit/v{version}/{path}"
+OUR_HELPERS = DATA / "helpers"
 # The sdist's files the run needs: its tests, its pytest settings (pyproject.toml) and its licence.
 FROM_SDIST = ("tests/", "pyproject.toml", "LICENSE")
 # Tests to skip, by node id, each with its reason. None at mergekit 0.1.5: its suite needs
@@ -42,13 +43,7 @@ def main(argv) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     unpack_sdist(version, work)
-    try:
-        provenance = [fetch_helper(version, path, work) for path in HELPERS]
-    except HelpersUnavailable as missing:
-        # Not a pass: said in one line, and CI's log shows it. The sdist lacks these two files
-        # and this project does not commit mergekit's code; with them at hand the suite runs.
-        print(f"mergekit_tests: NOT RUN: {missing}")
-        return 0
+    provenance = [copy_helper(path, work) for path in HELPERS]
     (work / "SOURCES").write_text("\n".join(provenance) + "\n", encoding="utf-8")
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(work / ".hf-home"))
@@ -85,26 +80,14 @@ def unpack_sdist(version: str, work: Path) -> None:
             tar.extract(member, work, filter="data")
 
 
-class HelpersUnavailable(Exception):
-    """The two helper files cannot be had here (no network to GitHub, no local copy)."""
-
-
-def fetch_helper(version: str, path: str, work: Path) -> str:
-    """Copy one helper file into `work`, from MERGEKIT_TEST_HELPERS or the release tag."""
-    local = os.environ.get("MERGEKIT_TEST_HELPERS")
-    if local:
-        data = (Path(local) / Path(path).name).read_bytes()
-        source = f"{Path(local) / Path(path).name} (MERGEKIT_TEST_HELPERS)"
-    else:
-        source = TAG_URL.format(version=version, path=path)
-        try:
-            with urllib.request.urlopen(source, timeout=15) as response:
-                data = response.read()
-        except OSError as error:
-            raise HelpersUnavailable(
-                f"cannot fetch {source} ({error}); set MERGEKIT_TEST_HELPERS=DIR to a folder holding "
-                "tests/__init__.py and tests/common.py of mergekit's matching release"
-            ) from None
+def copy_helper(path: str, work: Path) -> str:
+    """Copy one helper module into `work`, from MERGEKIT_TEST_HELPERS or this project's own."""
+    folder = Path(os.environ.get("MERGEKIT_TEST_HELPERS") or OUR_HELPERS)
+    source = folder / Path(path).name
+    try:
+        data = source.read_bytes()
+    except OSError as error:
+        sys.exit(f"mergekit_tests: cannot read the helper {source}: {error.strerror}")
     (work / path).write_bytes(data)
     return f"{path} sha256:{hashlib.sha256(data).hexdigest()} from {source}"
 

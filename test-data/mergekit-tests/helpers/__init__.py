@@ -1,0 +1,1 @@
+"""mergekit's tests import their helpers as the package `tests`; see common.py."""
