@@ -4,9 +4,11 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from conftest import recipe_dict
 
 from mergekit_reasoning.core import hashing
@@ -15,9 +17,10 @@ from mergekit_reasoning.executor.recipe import Recipe
 from mergekit_reasoning.testing.standins import write_trio
 
 
-def reference_ranges_digest(path: Path) -> str:
-    """Independently: SHA-256 over the SHA-256 of the header, of each tensor's bytes and
-    of any gap, in file order."""
+def reference_ranges_digest(path: Path, scheme: str = "blake3-ranges:") -> str:
+    """Independently: BLAKE3 (or, for the older scheme, SHA-256) over the same hash of the
+    header, of each tensor's bytes and of any gap, in file order."""
+    hasher = blake3 if scheme == "blake3-ranges:" else hashlib.sha256
     data = path.read_bytes()
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
@@ -25,8 +28,8 @@ def reference_ranges_digest(path: Path) -> str:
     cuts = sorted(
         {0, start, len(data)} | {start + o for k, v in header.items() if k != "__metadata__" for o in v["data_offsets"]}
     )
-    parts = [hashlib.sha256(data[a:b]).digest() for a, b in zip(cuts, cuts[1:]) if b > a]
-    return "ranges:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    parts = [hasher(data[a:b]).digest() for a, b in zip(cuts, cuts[1:]) if b > a]
+    return scheme + hasher(b"".join(parts)).hexdigest()
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def sharded(tmp_path, monkeypatch):
 
 def test_weights_are_hashed_from_the_merges_own_reads_once(sharded, tmp_path, monkeypatch):
     read_whole = []
-    for name in ("sha256_file", "ranges_sha256"):
+    for name in ("sha256_file", "ranges_digest"):
         real = getattr(hashing, name)
 
         def spy(path, _real=real, _name=name):
@@ -67,7 +70,7 @@ def test_weights_are_hashed_from_the_merges_own_reads_once(sharded, tmp_path, mo
         for name, digest in entry["files"].items():
             if name.endswith(".safetensors"):
                 weights += 1
-                assert digest == reference_ranges_digest(folder / name) == hashing.ranges_sha256(folder / name)
+                assert digest == reference_ranges_digest(folder / name) == hashing.ranges_digest(folder / name)
             else:
                 assert digest == hashlib.sha256((folder / name).read_bytes()).hexdigest()
     assert weights == sum(len(list(m.glob("*.safetensors"))) for m in sharded.values()) > 3
@@ -97,8 +100,8 @@ def test_hub_blobs_are_named_by_their_digest_and_said_so(trio, tmp_path, monkeyp
         shutil.copy(file, repo / "blobs" / digest)
         (snapshot / file.name).symlink_to(Path("../../blobs") / digest)
     read = []
-    real = hashing.ranges_sha256
-    monkeypatch.setattr(hashing, "ranges_sha256", lambda p: read.append(p) or real(p))
+    real = hashing.ranges_digest
+    monkeypatch.setattr(hashing, "ranges_digest", lambda p: read.append(p) or real(p))
     (out,) = run.merge(Recipe.from_data(recipe_dict(snapshot, trio["grpo"], trio["sft"])), [tmp_path / "out"])
     target = next(e for e in json.loads((out / "reasoning_merge.json").read_text())["inputs"] if e["role"] == "target")
     digest = hashlib.sha256((trio["target"] / "model.safetensors").read_bytes()).hexdigest()
@@ -107,17 +110,46 @@ def test_hub_blobs_are_named_by_their_digest_and_said_so(trio, tmp_path, monkeyp
     assert not [p for p in read if "blobs" in str(Path(p).resolve())]
 
 
-def test_older_manifests_with_file_digests_still_verify(sharded, tmp_path):
+@pytest.mark.parametrize("older", ["file sha256", "sha256 ranges"])
+def test_older_manifests_still_verify(sharded, tmp_path, older):
     from mergekit_reasoning.executor.manifest import input_problems
 
     (out,) = run.merge(
         Recipe.from_data(recipe_dict(sharded["target"], sharded["grpo"], sharded["sft"])), [tmp_path / "out"]
     )
     manifest = json.loads((out / "reasoning_merge.json").read_text())
-    for entry in manifest["inputs"]:  # as an earlier version wrote them: plain file SHA-256
+    for entry in manifest["inputs"]:  # as earlier versions wrote them
         folder = sharded[entry["role"]]
-        entry["files"] = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in entry["files"]}
+        for name in entry["files"]:
+            if older == "sha256 ranges" and name.endswith(".safetensors"):
+                entry["files"][name] = reference_ranges_digest(folder / name, "ranges:")
+            else:
+                entry["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     assert input_problems(manifest, rehash=True)[0] == []
     entry = manifest["inputs"][0]
-    entry["files"][next(n for n in entry["files"] if n.endswith(".safetensors"))] = "0" * 64
+    weight = next(n for n in entry["files"] if n.endswith(".safetensors"))
+    entry["files"][weight] = entry["files"][weight][:-8] + "00000000"
     assert len(input_problems(manifest, rehash=True)[0]) == 1
+
+
+def test_the_merge_waits_for_a_hasher_that_falls_behind(sharded, monkeypatch):
+    """Loads stop running ahead of the hasher by more than its backlog, so the pages they
+    read are still cached when hashed (no second read from disk), and go on once it catches up."""
+    release, real = threading.Event(), input_hashes.hash_range
+    monkeypatch.setattr(input_hashes, "hash_range", lambda *a: release.wait(30) and real(*a))
+    path = next(sharded["sft"].glob("*.safetensors")).resolve()
+    names = list(hashing.byte_ranges(path)[1])
+    hashes = input_hashes.InputHashes([path], [(path, name) for name in names], backlog=0)
+    try:
+        hashes.loaded(path, names[0])
+        waiting = threading.Thread(target=hashes.wait_for_hasher)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # held while a loaded range waits to be hashed
+        release.set()
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert hashes.digests()[path] == reference_ranges_digest(path)
+    finally:
+        release.set()
+        hashes.close()

@@ -1,6 +1,7 @@
 """Content hashes of model files, remembered so that big inputs are hashed once.
 
-Manifests name every input and output file by SHA-256. Hashing a 15 GB model on
+Manifests name every output file, and every input file that is not a safetensors
+weight file, by SHA-256; input weights by a ranges digest (below). Hashing a 15 GB model on
 every regeneration would cost more than the merge, so a file's hash is cached
 under its path, size, modification and change times and inode; any change to the file
 changes one of them and forces a fresh hash.
@@ -9,8 +10,11 @@ changes one of them and forces a fresh hash.
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
+
+from blake3 import blake3
 
 from mergekit_reasoning.core.formats import byte_ranges
 
@@ -74,19 +78,21 @@ def _named_by_digest(path: Path) -> bool:
 
 
 def _digest_kind(path: Path, like: Optional[str]) -> str:
-    """How an input file is digested: "blob" (a hub blob, by its own name), "ranges" (a
-    safetensors file, by `RANGES`) or "sha256"; `like`, a recorded digest, keeps its kind."""
-    if like is not None and like.startswith(RANGES):
-        return "ranges"
+    """How an input file is digested: "blob" (a hub blob, by its own name), a ranges
+    scheme (a safetensors file; `RANGES` for new digests) or "sha256"; `like`, a recorded
+    digest, keeps its kind."""
+    scheme = ranges_scheme(like)
+    if scheme is not None:
+        return scheme
     if _named_by_digest(path.resolve()):
         return "blob"
     if like is not None:
         return "sha256"
-    return "ranges" if path.suffix == ".safetensors" else "sha256"
+    return RANGES if path.suffix == ".safetensors" else "sha256"
 
 
 def _cache_key(path: Path, kind: str) -> str:
-    return _key(path.resolve()) + ("|ranges" if kind == "ranges" else "")
+    return _key(path.resolve()) + ("" if kind == "sha256" else "|" + kind.rstrip(":"))
 
 
 def known_without_reading(path: os.PathLike, like: Optional[str] = None) -> bool:
@@ -129,37 +135,54 @@ def hash_files(folder: Path, names: Iterable[str], *, cached: bool = True) -> Di
     return {name: hasher(Path(folder) / name) for name in sorted(names)}
 
 
-# An input weight file's digest in a manifest: SHA-256 over the SHA-256 of each of its byte
+# An input weight file's digest in a manifest: a hash over the hashes of each of its byte
 # ranges in file order (`formats.byte_ranges`: header, each tensor, any gap), written
-# "ranges:<hex>". Each range's hash can be taken whenever the merge has just read that
+# "<scheme><hex>". Each range's hash can be taken whenever the merge has just read that
 # tensor, in any order, so an input larger than memory is read from disk once; a plain
 # file SHA-256 could only follow the file's own order. Plain hex is a file's SHA-256.
-RANGES = "ranges:"
+# New digests use BLAKE3 (the `blake3` package): on one core it hashes about 4× faster
+# than SHA-256 (4.8 against 1.1 GB/s here), and a first 7B merge on 2 cores is bound by
+# hashing 45 GB of inputs. "ranges:" is the SHA-256 scheme older manifests hold.
+RANGE_SCHEMES = {"blake3-ranges:": blake3, "ranges:": hashlib.sha256}
+RANGES = "blake3-ranges:"
 
 
-def combine_ranges(range_digests: Iterable[bytes]) -> str:
-    return RANGES + hashlib.sha256(b"".join(range_digests)).hexdigest()
+def ranges_scheme(digest: Optional[str]) -> Optional[str]:
+    """The ranges scheme a recorded digest was written with, or None (a plain SHA-256)."""
+    return next((scheme for scheme in RANGE_SCHEMES if digest is not None and digest.startswith(scheme)), None)
 
 
-def hash_range(fd: int, begin: int, end: int) -> bytes:
-    """SHA-256 of bytes [begin, end) of an open file, read a step at a time with pread:
-    from the page cache when the merge has just read them, and into a buffer rather
-    than a mapping, so hashing adds nothing to the process's resident memory."""
-    digest = hashlib.sha256()
+def combine_ranges(range_digests: Iterable[bytes], scheme: str = RANGES) -> str:
+    return scheme + RANGE_SCHEMES[scheme](b"".join(range_digests)).hexdigest()
+
+
+def hash_range(fd: int, begin: int, end: int, scheme: str = RANGES) -> bytes:
+    """The hash of bytes [begin, end) of an open file, read a step at a time with preadv
+    into one buffer per thread: from the page cache when the merge has just read them,
+    and into a buffer rather than a mapping, so hashing adds nothing to the process's
+    resident memory (nor, with the buffer reused, fresh pages to fault in and zero)."""
+    digest = RANGE_SCHEMES[scheme]()
+    buffer = getattr(_buffers, "view", None)
+    if buffer is None:
+        buffer = _buffers.view = memoryview(bytearray(CHUNK))
     for start in range(begin, end, CHUNK):
-        block = os.pread(fd, min(end, start + CHUNK) - start, start)
-        if not block:
-            raise OSError(f"file ended at byte {start}, its header says {end}")
-        digest.update(block)
+        wanted = min(end, start + CHUNK) - start
+        got = os.preadv(fd, [buffer[:wanted]], start)
+        if got < wanted:
+            raise OSError(f"file ended at byte {start + got}, its header says {end}")
+        digest.update(buffer[:got])
     return digest.digest()
 
 
-def ranges_sha256(path: os.PathLike) -> str:
+_buffers = threading.local()
+
+
+def ranges_digest(path: os.PathLike, scheme: str = RANGES) -> str:
     """The ranges digest of a safetensors file, reading it once, in order."""
     ranges, _ = byte_ranges(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        return combine_ranges(hash_range(fd, begin, end) for begin, end in ranges)
+        return combine_ranges((hash_range(fd, begin, end, scheme) for begin, end in ranges), scheme)
     finally:
         os.close(fd)
 
@@ -177,7 +200,7 @@ def input_digest(path: os.PathLike, *, like: Optional[str] = None, cached: bool 
     known = _read_cache().get(_cache_key(path, kind)) if cached else None
     if known is not None:
         return known
-    digest = ranges_sha256(path)
+    digest = ranges_digest(path, kind)
     remember_digest(path, digest)
     return digest
 
@@ -186,7 +209,7 @@ def remember_digest(path: os.PathLike, digest: str) -> None:
     """Record a digest computed elsewhere (a merge hashes the shards it writes, and the inputs'
     ranges as it reads them), so the next reader of the file need not read it again."""
     path = Path(path).resolve()
-    _store(path, _cache_key(path, "ranges" if digest.startswith(RANGES) else "sha256"), digest)
+    _store(path, _cache_key(path, ranges_scheme(digest) or "sha256"), digest)
 
 
 def input_digests(

@@ -31,11 +31,15 @@ class _File:
 class InputHashes:
     """Ranges digests of the given safetensors files, fed by the merge's loads."""
 
-    def __init__(self, files: Iterable[Path], planned: Iterable[Tuple[Path, str]]):
+    def __init__(self, files: Iterable[Path], planned: Iterable[Tuple[Path, str]], backlog: int = 4 << 30):
         """`planned` are the (file, tensor) pairs the merge will load; every other range
-        is hashed from the start, beside the merge."""
+        is hashed from the start, beside the merge. `backlog`: the loaded bytes the
+        hasher may lag behind (see `wait_for_hasher`)."""
+        self.backlog = backlog
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-input-ranges")
         self._lock = threading.Lock()
+        self._caught_up = threading.Condition(self._lock)
+        self._behind = 0  # bytes the merge has loaded and the hasher has not yet read
         self._files: Dict[Path, _File] = {}
         for path in files:
             self._files[Path(path)] = _File(Path(path))
@@ -54,15 +58,31 @@ class InputHashes:
         """The merge has just read tensor `name` of `path`: hash its range now."""
         file = self._files.get(Path(path))
         if file is not None and name in file.where:
-            self._submit(file, file.where[name])
+            self._submit(file, file.where[name], cached=True)
 
-    def _submit(self, file: _File, index: int) -> None:
+    def wait_for_hasher(self) -> None:
+        """Block until at most `backlog` loaded bytes wait for the hasher. On a busy machine
+        hashing can fall behind reading; a merge let run ahead would leave pages to be
+        evicted before they are hashed, and they would be read from disk again."""
+        with self._caught_up:
+            self._caught_up.wait_for(lambda: self._behind <= self.backlog)
+
+    def _submit(self, file: _File, index: int, cached: bool = False) -> None:
         with self._lock:
             if index in file.digests:
                 return
             begin, end = file.ranges[index]
             self.hashed_bytes += end - begin
-            file.digests[index] = self._pool.submit(hash_range, file.fd, begin, end)
+            future = self._pool.submit(hash_range, file.fd, begin, end)
+            file.digests[index] = future
+            if cached:
+                self._behind += end - begin
+                future.add_done_callback(lambda _, size=end - begin: self._hashed(size))
+
+    def _hashed(self, size: int) -> None:
+        with self._caught_up:
+            self._behind -= size
+            self._caught_up.notify_all()
 
     def digests(self) -> Dict[Path, str]:
         """Each file's ranges digest (ranges no load reached are hashed now), remembered in
