@@ -2,21 +2,45 @@
 
 mergekit has no plugin discovery, so the installed `mergekit_reasoning.pth` imports
 this module at interpreter start. It must cost next to nothing there: it only puts
-a finder on `sys.meta_path` that waits for `mergekit.merge_methods`; torch,
-mergekit and this package's method are imported only when mergekit itself is.
+a finder on `sys.meta_path` that waits for `mergekit.merge_methods` (then registers
+the method) and `mergekit.merge` (then lets the method check its inputs' headers
+before `run_merge` opens them); torch, mergekit and this package's method are
+imported only when mergekit itself is.
 """
 
 import sys
 
-_WATCHED = "mergekit.merge_methods"
+
+def _register(module):
+    try:
+        import mergekit_reasoning.method.reasoning_vector  # noqa: F401  (registers on import)
+    except Exception as error:  # a broken plugin must not break mergekit itself
+        import warnings
+
+        warnings.warn(f"mergekit-reasoning: reasoning_vector not registered: {error}", stacklevel=2)
 
 
-class _RegisterAfterImport:
-    """Meta-path finder that wraps the watched module's loader, then steps aside."""
+def _guard_run_merge(module):
+    try:
+        from mergekit_reasoning.method.stock_run import guard
+
+        guard(module)
+    except Exception as error:
+        import warnings
+
+        warnings.warn(f"mergekit-reasoning: run_merge not guarded: {error}", stacklevel=2)
+
+
+# module -> what to do once it has run; each entry leaves when done
+_WATCHED = {"mergekit.merge_methods": _register, "mergekit.merge": _guard_run_merge}
+
+
+class _AfterImport:
+    """Meta-path finder that wraps each watched module's loader, then steps aside."""
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname != _WATCHED:
+        if fullname not in _WATCHED:
             return None
         for finder in sys.meta_path:
             if finder is cls or not hasattr(finder, "find_spec"):
@@ -30,12 +54,15 @@ class _RegisterAfterImport:
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_register(module):
+        def exec_then_act(module):
             exec_module(module)
-            cls.uninstall()
-            _register()
+            action = _WATCHED.pop(fullname, None)
+            if not _WATCHED:
+                cls.uninstall()
+            if action is not None:
+                action(module)
 
-        spec.loader.exec_module = exec_then_register
+        spec.loader.exec_module = exec_then_act
         return spec
 
     @classmethod
@@ -44,20 +71,11 @@ class _RegisterAfterImport:
             sys.meta_path.remove(cls)
 
 
-def _register():
-    try:
-        import mergekit_reasoning.method.reasoning_vector  # noqa: F401  (registers on import)
-    except Exception as error:  # a broken plugin must not break mergekit itself
-        import warnings
-
-        warnings.warn(f"mergekit-reasoning: reasoning_vector not registered: {error}", stacklevel=2)
-
-
 def install():
-    if _WATCHED in sys.modules:
-        _register()
-    elif _RegisterAfterImport not in sys.meta_path:
-        sys.meta_path.insert(0, _RegisterAfterImport)
+    for name in [name for name in _WATCHED if name in sys.modules]:
+        _WATCHED.pop(name)(sys.modules[name])
+    if _WATCHED and _AfterImport not in sys.meta_path:
+        sys.meta_path.insert(0, _AfterImport)
 
 
 install()

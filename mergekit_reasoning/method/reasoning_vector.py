@@ -85,11 +85,11 @@ class ReasoningVectorMerge(GroupMergeMethod):
         merge_card.install()  # mergekit writes the card after the merge this plans
         if isinstance(base_id, ModelReference) and all(isinstance(i, ModelReference) for i in input_ids):
             planned = _planned_inputs(sys._getframe(1))
-            with _one_line_at_mergekits_cli():
+            with one_line_at_mergekits_cli():
                 _check_for_stock_executor(tuple(input_ids), base_id, planned)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
-        with _one_line_at_mergekits_cli():
+        with one_line_at_mergekits_cli():
             return self._merge_group(group, **parameters)
 
     def _merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
@@ -121,7 +121,7 @@ _AT_MERGEKITS_CLI: Dict[type, type] = {}
 
 
 @contextmanager
-def _one_line_at_mergekits_cli():
+def one_line_at_mergekits_cli():
     """mergekit's own command line is click's: a package error raised into it is also a
     click exception there, so `mergekit-yaml` prints one `Error: ...` line and exits 1,
     while Python callers of `run_merge` still catch it as the package's own error."""

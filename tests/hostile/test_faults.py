@@ -249,3 +249,93 @@ def test_a_disk_that_fails_while_metadata_is_written_is_one_line(trio, tmp_path,
     )
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+# --- an input truncated while the merge has it mapped --------------------------------------
+
+# Cuts the victim file just short of the end of a tensor the merge's prefetch is about to
+# read, when every input is mapped. Two checks stand between that and SIGBUS: the merge's
+# per-tensor dtype check (it re-reads a model whose files changed) in the main thread, and
+# input_sizes in the prefetch thread, which reads. `only-sizes` disables the first, to see
+# the second alone; `bare` disables both, to see that the attack is real.
+TRUNCATE_MID_MERGE = """
+import os, sys
+from mergekit_reasoning.executor import input_sizes, stream
+victim, mode = sys.argv[1], sys.argv[2]
+calls, load = [0], stream._load
+def truncating_load(task, sizes, *rest):
+    calls[0] += 1
+    if calls[0] == 3:
+        (end,) = [end for path, end in sizes._needs[task.tensor_name] if str(path) == victim]
+        os.truncate(victim, end - 1)
+    return load(task, sizes, *rest)
+stream._load = truncating_load
+if mode != "shipped":
+    stream.refuse_non_float_inputs = lambda name, refs: None
+if mode == "bare":
+    input_sizes.InputSizes.check = lambda self, output: None
+from mergekit_reasoning.cli import run
+sys.argv = ["mergekit-reasoning", "merge", *sys.argv[3:]]
+run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["shipped", "only-sizes", "bare"])
+def test_an_input_truncated_mid_merge_is_one_line_not_sigbus(trio, copy_model, tmp_path, mode):
+    sft = copy_model(trio["sft"], "sft")
+    recipe = write_recipe(tmp_path, recipe_dict(trio["target"], trio["grpo"], sft))
+    victim = (sft / "model.safetensors").resolve()
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_MID_MERGE, str(victim), mode, str(recipe), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    if mode == "bare":
+        assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr[-2000:])
+        return
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("Error: ")]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    named = f"input file {victim} was truncated during the merge" if mode == "only-sizes" else str(sft)
+    assert named in lines[0], lines[0]
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+# --- stock mergekit-yaml on a malformed safetensors input -----------------------------------
+
+
+def _truncate(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _garble_length(path):
+    with open(path, "r+b") as handle:
+        handle.write(b"\xff" * 8)
+
+
+def _garble_json(path):
+    with open(path, "r+b") as handle:
+        handle.seek(9)
+        handle.write(b"!!!!")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garble_length, _garble_json], ids=["truncated", "length", "json"])
+@pytest.mark.parametrize("role", ["sft", "target"])
+def test_stock_mergekit_yaml_names_a_malformed_input_in_one_line(trio, copy_model, tmp_path, damage, role):
+    from mergekit_runs import mergekit_yaml
+
+    models = {name: trio[name] for name in ("target", "grpo", "sft")}
+    models[role] = copy_model(trio[role], role)
+    damage(models[role] / "model.safetensors")
+    recipe = recipe_dict(models["target"], models["grpo"], models["sft"])
+    done = mergekit_yaml(recipe, tmp_path / "ours", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"Error: model {models[role]}: cannot open its weights: model.safetensors is")
+    assert not (tmp_path / "out").exists()
+    # another method's run is mergekit's own, untouched: its traceback
+    recipe["merge_method"] = "task_arithmetic"
+    for entry in recipe["models"]:
+        entry["parameters"] = {"weight": 1.0}
+    other = mergekit_yaml(recipe, tmp_path / "theirs", tmp_path / "out-ta")
+    assert other.returncode == 1 and "Traceback" in other.stderr and "SafetensorError" in other.stderr
