@@ -129,7 +129,9 @@ def main() -> int:
     back = [r[1] for r in rows]
     there = [r[2] for r in rows]
     merge = [r[3] for r in rows]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, ray {ray.__version__}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, ray {ray.__version__}"
+    )
     print(f"sweep: {len(lams)} λ of the tiny stand-ins, SciQ, {args.limit} items each, hf engine")
     print(f"cluster: {len(nodes)} nodes used, {slots:g} unit slots; started in {start_s:.1f} s (not counted below)")
     print(f"same per-item outputs and scores as locally: {same}")

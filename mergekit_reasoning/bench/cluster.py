@@ -38,12 +38,14 @@ from mergekit_reasoning.bench.children import (
 from mergekit_reasoning.bench.identity import is_local, model_identity
 from mergekit_reasoning.bench.results import load_unit, save_unit
 from mergekit_reasoning.core.errors import BenchError
+from mergekit_reasoning.core.staging import alive
 
 log = logging.getLogger(__name__)
 
 LOCAL = "local"  # `--ray` without an address: start a cluster on this machine
 MAX_RETRIES = 2  # tries after the first, for a unit whose worker died (killed, out of memory, node lost)
 POLL_SECONDS = 1.0
+UNIT_PREFIX = "mergekit-reasoning-unit-"  # a unit's node-local folder: UNIT_PREFIX<Ray worker's pid>-<random>
 
 
 @dataclass(frozen=True)
@@ -184,14 +186,14 @@ def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, 
     who = named([label], models)
     try:
         result = ray.get(ref)
-    except UnitDied as raised:
-        exc = getattr(raised, "cause", raised)  # Ray re-raises it inside a RayTaskError
-        log_path.write_text(f"[ray] {label}: last try on node {exc.node}: {exc.reason}\n{exc.log}")
-        line = f"{who} on node {exc.node}: {exc.reason} after {MAX_RETRIES + 1} tries [log: {log_path}]"
-        return line, line
     except RayError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        line = f"{who}: Ray lost its task after {MAX_RETRIES + 1} tries: {type(exc).__name__}: {first}"
+        died = getattr(exc, "cause", None)  # a UnitDied comes back inside a RayTaskError
+        if isinstance(died, UnitDied):
+            log_path.write_text(f"[ray] {label}: last try on node {died.node}: {died.reason}\n{died.log}")
+            line = f"{who} on node {died.node}: {died.reason} after {MAX_RETRIES + 1} tries [log: {log_path}]"
+        else:  # the worker or its node was lost each time: there is no log to keep
+            first = (str(exc).strip().splitlines() or [""])[0]
+            line = f"{who}: Ray lost its task {MAX_RETRIES + 1} times: {type(exc).__name__}: {first}"
         return line, line
     received = time.time()
     node = result["node"]
@@ -307,14 +309,16 @@ def _this_node() -> str:
     return f"{ray.util.get_node_ip_address()} ({node_id[:8]}, {socket.gethostname()})"
 
 
-def _die_with_parent() -> None:
-    """In the scoring child: SIGKILL it when the Ray worker that started it dies (Linux)."""
+def _dies_with_parent():
+    """A preexec_fn that makes the scoring child get SIGKILL when the Ray worker that started it dies
+    (Linux's PR_SET_PDEATHSIG); resolved here, in the parent, so that after fork only the call runs."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: a cancelled task still stops its child (_run_child)
+        return None
+    return lambda: prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
 
 
 def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) -> dict:
@@ -322,7 +326,8 @@ def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) ->
     node-local cache, and return the units, the log and where it ran; the merge is removed unless kept."""
     started = time.time()
     node = _this_node()
-    work = Path(tempfile.mkdtemp(prefix="mergekit-reasoning-unit-"))
+    _remove_leftovers()
+    work = Path(tempfile.mkdtemp(prefix=f"{UNIT_PREFIX}{os.getpid()}-"))
     job_path, log_path, folder = work / "job.json", work / "worker.log", work / "merges" / (merge.name if merge else "")
     try:
         identity, error, merge_s = None, None, 0.0
@@ -336,7 +341,7 @@ def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) ->
         code = 1
         if error is None:
             job_path.write_text(json.dumps({**job, "cache_dir": str(work / "cache")}))
-            code = _run_child(job_path, log_path, lambda: None, preexec_fn=_die_with_parent)
+            code = _run_child(job_path, log_path, lambda: None, preexec_fn=_dies_with_parent())
             if code < 0:
                 raise UnitDied(_describe_exit(code), node, _read(log_path))
             error_path = job_path.with_suffix(".error")
@@ -361,6 +366,14 @@ def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) ->
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_leftovers() -> None:
+    """Remove the folders of units whose Ray worker was killed on this node (it could not clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{UNIT_PREFIX}*-*"):
+        pid = path.name[len(UNIT_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _merge_here(merge: NodeMerge, folder: Path, log_path: Path) -> Optional[str]:

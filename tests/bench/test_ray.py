@@ -56,6 +56,13 @@ def data(fixture_data):
     return str(fixture_data)
 
 
+@pytest.fixture(scope="module")
+def tune_data(fixture_data, tmp_path_factory):
+    from .test_tune import write_tune_data
+
+    return write_tune_data(fixture_data, tmp_path_factory.mktemp("tune-data") / "data")
+
+
 def _options(data, **more):
     return {**OPTIONS, "data_dir": data, **more}
 
@@ -212,6 +219,28 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp
     assert "KeyboardInterrupt" in output
     assert all(_gone(pid) for pid, _, _ in children), "a scoring child outlived Ray's cancelled task"
     assert not list((tmp_path / "out" / "cache").glob("*.json"))
+
+
+def test_tune_on_the_cluster_picks_and_reports_as_locally(cluster, trio, tune_data, tmp_path):
+    """Each candidate merged and scored on a node; the same trials, table and results as locally."""
+    pytest.importorskip("optuna")
+    from click.testing import CliRunner
+
+    from mergekit_reasoning.cli import main
+
+    from .test_tune import _recipe, _tune_args
+
+    recipe = _recipe(tmp_path / "r", trio)
+    few = ("--trials", "2", "--batch", "2", "--rungs", "1", "--objective", "sciq=1")
+    local = CliRunner().invoke(main, _tune_args(recipe, tmp_path / "local", tune_data, *few))
+    assert local.exit_code == 0, local.output
+    on_ray = CliRunner().invoke(main, _tune_args(recipe, tmp_path / "ray", tune_data, *few, "--ray", cluster.address))
+    assert on_ray.exit_code == 0, on_ray.output
+    assert _nodes_of(tmp_path / "ray") == _node_ids()
+    assert not (tmp_path / "ray" / "merges").exists()
+    assert (tmp_path / "ray" / "table.md").read_text() == (tmp_path / "local" / "table.md").read_text()
+    local_doc, ray_doc = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
+    assert ray_doc["comparisons"] == local_doc["comparisons"] and ray_doc["items"] == local_doc["items"]
 
 
 def test_a_folder_one_node_cannot_see_is_one_line_before_scoring(cluster, trio, data, tmp_path):
