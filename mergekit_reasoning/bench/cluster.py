@@ -257,11 +257,12 @@ def check_nodes(folders: List[str], resources: dict) -> None:
         return
     need = "GPU" if resources.get("num_gpus") else "CPU"
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(need, 0) > 0]
-    probe = ray.remote(unreadable_here).options(num_cpus=0, max_retries=1)
+    probe = ray.remote(unreadable_here)
     checks = [
-        (probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(folders), n)
+        (probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)), n)
         for n in nodes
     ]
+    checks = [(task.remote(folders), node) for task, node in checks]
     for ref, node in checks:
         missing = ray.get(ref)
         if missing:
