@@ -140,12 +140,11 @@ def _score_on_cluster(address, models, todo, key_of, out, settings, engine, prog
     import ray
 
     connect(address)
-    logs_dir = Path(out) / "logs"
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(out) / "cache"
     refs = {label: _absolute(ref) for label, ref in models.items()}
     resources = task_resources(engine, ray.cluster_resources())
     check_nodes(_needed_folders(refs, todo, settings), resources)
+    logs_dir, cache_dir = Path(out) / "logs", Path(out) / "cache"
+    logs_dir.mkdir(parents=True, exist_ok=True)
     task = ray.remote(score_unit_here).options(
         max_retries=MAX_RETRIES, retry_exceptions=[UnitDied], name="mergekit-reasoning unit", **resources
     )
