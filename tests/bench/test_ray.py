@@ -1,9 +1,11 @@
 """`--ray`: units scored as Ray tasks on a two-node cluster on this machine (ray.cluster_utils.Cluster).
 
-Every test here shares one cluster and runs on one pytest worker (xdist group "ray"), in
-file order: the node whose mount namespace hides a folder joins last.
+The tests of one pytest worker share one cluster, in file order (the node whose mount namespace
+hides a folder joins last); a lock keeps a second worker's cluster from running beside it (xdist's
+loadgroup cannot: under pytest 9 it no longer renames the tests it groups).
 """
 
+import fcntl
 import json
 import os
 import re
@@ -22,8 +24,6 @@ import pytest
 pytest.importorskip("lm_eval")
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 OPTIONS = dict(data_dir=None, limit=2, batch_size=4, progress=False, plots=False, log_samples=True)
 UNIT_DIR = "mergekit-reasoning-unit-"  # cluster.score_unit_here's node-local folder
 
@@ -34,6 +34,8 @@ def cluster():
     temporary folder (its socket paths must stay short), removed afterwards."""
     from ray.cluster_utils import Cluster
 
+    lock = open(Path(tempfile.gettempdir()) / "mergekit-reasoning-tests-ray.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one cluster at a time on this machine, across pytest workers
     temp = tempfile.mkdtemp(prefix="mkr-ray-", dir="/tmp")
     old = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
@@ -49,6 +51,7 @@ def cluster():
     else:
         os.environ["RAY_TMPDIR"] = old
     shutil.rmtree(temp, ignore_errors=True)
+    lock.close()
 
 
 @pytest.fixture(scope="module")
