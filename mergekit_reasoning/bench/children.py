@@ -62,32 +62,8 @@ def score_in_children(
     groups = [list(todo)] if together else [[label] for label in todo]
     for labels in groups:
         keys = [key_of(*unit) for label in labels for units in todo[label].values() for unit in units]
-        entries = [
-            {
-                "label": label,
-                "ref": str(models[label]),
-                "runs": [
-                    {
-                        "condition": asdict(cond),
-                        "units": [{"key": key_of(*unit), "name": _lm_eval_name(unit)} for unit in units],
-                    }
-                    for cond, units in todo[label].items()
-                ],
-            }
-            for label in labels
-        ]
-        job = {
-            **(entries[0] if len(entries) == 1 else {"models": entries}),
-            "engine": engine,
-            "cache_dir": str(cache_dir.resolve()),
-            "data_dir": settings["data_dir"],
-            "limit": settings["limit"],
-            "max_gen_toks": settings["max_gen_toks"],
-            "log_samples": settings["log_samples"],
-            "allow_weak_sandbox": settings["allow_weak_sandbox"],
-            **({"serve": settings["serve"]} if settings.get("serve") is not None else {}),
-        }
-        label = labels[0] if len(labels) == 1 else f"{labels[0]}+{len(labels) - 1}"
+        job = build_job(labels, models, todo, key_of, cache_dir.resolve(), settings, engine)
+        label = job_label(labels)
         stem = _file_stem(label)
         job_path = jobs_dir / f"{stem}.json"
         job_path.write_text(json.dumps(job))
@@ -101,15 +77,49 @@ def score_in_children(
         if code != 0:
             error_path = job_path.with_suffix(".error")
             reason = error_path.read_text().strip() if error_path.is_file() else _describe_exit(code)
-            failures.append(f"{_named(labels, models)}: {reason} [log: {log_path}]")
+            failures.append(f"{named(labels, models)}: {reason} [log: {log_path}]")
         elif is_main_rank() and _count(cache_dir, keys) < len(keys):
-            failures.append(f"{_named(labels, models)}: finished without saving all its scores [log: {log_path}]")
+            failures.append(f"{named(labels, models)}: finished without saving all its scores [log: {log_path}]")
     bar.close()
     if failures:
         raise BenchError("; ".join(failures) + " - finished scores are kept; rerun to resume")
 
 
-def _named(labels, models) -> str:
+def build_job(labels, models, todo, key_of, cache_dir: Path, settings: dict, engine: dict) -> dict:
+    """The worker's job for `labels` (one model, or several scored in turn): what to load, which
+    units to score and under which cache key each is saved (the Ray path gives keys of its own)."""
+    entries = [
+        {
+            "label": label,
+            "ref": str(models[label]),
+            "runs": [
+                {
+                    "condition": asdict(cond),
+                    "units": [{"key": key_of(*unit), "name": _lm_eval_name(unit)} for unit in units],
+                }
+                for cond, units in todo[label].items()
+            ],
+        }
+        for label in labels
+    ]
+    return {
+        **(entries[0] if len(entries) == 1 else {"models": entries}),
+        "engine": engine,
+        "cache_dir": str(cache_dir),
+        "data_dir": settings["data_dir"],
+        "limit": settings["limit"],
+        "max_gen_toks": settings["max_gen_toks"],
+        "log_samples": settings["log_samples"],
+        "allow_weak_sandbox": settings["allow_weak_sandbox"],
+        **({"serve": settings["serve"]} if settings.get("serve") is not None else {}),
+    }
+
+
+def job_label(labels) -> str:
+    return labels[0] if len(labels) == 1 else f"{labels[0]}+{len(labels) - 1}"
+
+
+def named(labels, models) -> str:
     return ", ".join(f"model {label!r} ({models[label]})" for label in labels)
 
 
@@ -124,11 +134,15 @@ def _count(cache_dir: Path, keys) -> int:
     return sum((cache_dir / f"{key}.json").is_file() for key in keys)
 
 
-def _run_child(job_path: Path, log_path: Path, on_tick) -> int:
-    """Run the worker on one job with a bounded poll; an interrupt stops the child too."""
+def _run_child(job_path: Path, log_path: Path, on_tick, preexec_fn=None) -> int:
+    """Run the worker on one job with a bounded poll; an interrupt stops the child too.
+
+    `preexec_fn` runs in the child before the worker starts (a Ray task ties the child's life to its own)."""
     command = [sys.executable, "-m", "mergekit_reasoning.bench.worker", str(job_path)]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment())
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(), preexec_fn=preexec_fn
+        )
         try:
             while True:
                 try:

@@ -22,6 +22,8 @@ PACKAGES = (
 )
 
 
+MODEL_CARD = "README.md"
+
 # One of these makes a folder's tokenizer loadable by transformers.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -62,12 +64,17 @@ def content_hash(folder: Path) -> str:
     """SHA-256 over every file's relative name and SHA-256, in sorted order.
 
     File hashes come from the project's cache (keyed by path, size and mtime), so
-    scoring the same merged model again does not re-read gigabytes of weights.
+    scoring the same merged model again does not re-read gigabytes of weights. The
+    model card (README.md) is left out: nothing in it is scored, and mergekit lists a
+    merge's models in a set's order, which changes with each process's hash seed, so
+    the same merge made in another process (a rerun, a Ray node) would look new.
     """
     from mergekit_reasoning.core.hashing import cached_sha256
 
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.parent == folder and path.name == MODEL_CARD:
+            continue
         digest.update(str(path.relative_to(folder)).encode() + b"\0" + cached_sha256(path).encode())
     return digest.hexdigest()
 

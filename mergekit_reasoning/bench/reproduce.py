@@ -119,10 +119,11 @@ def reproduce(
     name (e.g. 1.5B or 7B), "none" shows none. With `donor` (the default) the GRPO
     donor is also scored, as `G+T`, under each of `conditions` with the think prompt:
     the paper's reference row. Every other keyword (data_dir, limit, batch_size,
-    device, engine options ...) goes to `run_bench` unchanged.
+    device, engine options, ray ...) goes to `run_bench` unchanged; with `ray`, ±v are
+    merged on the nodes that score them.
     """
     from mergekit_reasoning.bench.runner import run_bench
-    from mergekit_reasoning.bench.sweep import merge_lambdas
+    from mergekit_reasoning.bench.sweep import merged_models
 
     pair = read_pair_recipe(recipe)
     size = _size(paper_size, pair.target)
@@ -131,8 +132,8 @@ def reproduce(
         for task in task_list:
             registry.check_data(task, Path(options["data_dir"]).expanduser())
     out = Path(out_dir)
-    merged = merge_lambdas(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges")
-    models = {BASE: pair.target, PLUS: str(merged[pair.lam]), MINUS: str(merged[-pair.lam])}
+    merged = merged_models(pair.merge_recipe(), [pair.lam, -pair.lam], out / "merges", options.get("ray"))
+    models = {BASE: pair.target, PLUS: merged[pair.lam], MINUS: merged[-pair.lam]}
     conds = parse_conditions(conditions)
     think = [c for c in conds if c.prompt == "think"] if donor else []
     if think:  # the paper's G+T: the GRPO donor, prompted to think step by step

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from mergekit_reasoning.bench import registry, sandbox
-from mergekit_reasoning.bench.children import is_main_rank, score_in_children
+from mergekit_reasoning.bench.children import is_main_rank
+from mergekit_reasoning.bench.cluster import NodeMerge, identity_of, score_units
 from mergekit_reasoning.bench.comparisons import compare_units, default_contrasts, item_entries, statistics_settings
 from mergekit_reasoning.bench.conditions import Condition, parse_conditions
 from mergekit_reasoning.bench.engines import engine_settings, score_identity
-from mergekit_reasoning.bench.identity import check_model, model_identity, package_versions
+from mergekit_reasoning.bench.identity import check_model, package_versions
 from mergekit_reasoning.bench.plots import plot_deltas, plot_scores
 from mergekit_reasoning.bench.report import markdown_table
 from mergekit_reasoning.bench.results import jsonable, load_unit, unit_key
@@ -52,6 +53,8 @@ class BenchRun:
     plots: bool
     progress: bool
     contrasts: tuple = ()  # (label, condition, baseline label, baseline condition) beyond the defaults
+    ray: Optional[str] = None  # a Ray cluster's address (`auto`, `local`): units are scored as its tasks
+    keep_merges: bool = False  # a node merge stays on its node's disk after scoring
 
     @property
     def cache_dir(self) -> Path:
@@ -107,6 +110,8 @@ def run_bench(
     allow_weak_sandbox: bool = False,
     model_conditions: Optional[Dict[str, Union[str, Iterable[Union[str, Condition]]]]] = None,
     contrasts: Iterable[tuple] = (),
+    ray: Optional[str] = None,
+    keep_merges: bool = False,
     **engine_options,
 ) -> Optional[dict]:
     """Score every model under every condition on every task; return the results document.
@@ -125,7 +130,10 @@ def run_bench(
     Every Δ gets paired statistics from the per-item outcomes (comparisons.py): each
     label against the baseline under the same condition, and each of `contrasts`,
     (label, condition, other label, other condition), e.g. against the baseline under
-    the plain prompt.
+    the plain prompt. `ray`: score each model as a task on the Ray cluster at that address
+    (`auto`: the one `ray start` made; `local`: a new one on this machine), see cluster.py;
+    a model may then be a cluster.NodeMerge, merged on the node that scores it (removed
+    afterwards unless `keep_merges`).
     """
     run = plan(
         models,
@@ -149,6 +157,8 @@ def run_bench(
         allow_weak_sandbox=allow_weak_sandbox,
         model_conditions=model_conditions,
         contrasts=contrasts,
+        ray=ray,
+        keep_merges=keep_merges,
         **engine_options,
     )
     units = run.units()
@@ -181,6 +191,8 @@ def plan(
     allow_weak_sandbox,
     model_conditions,
     contrasts=(),
+    ray=None,
+    keep_merges=False,
     **engine_options,
 ) -> BenchRun:
     """Check every option and model, and settle what the run scores and records."""
@@ -202,7 +214,11 @@ def plan(
             registry.check_data(task, data_dir)
     sandbox_used = sandbox.declare(allow_weak_sandbox) if "humaneval" in task_list else None
     for label, ref in models.items():
-        check_model(label, str(ref))
+        if isinstance(ref, NodeMerge):
+            if ray is None:
+                raise BenchError(f"model {label!r} is merged on the node that scores it, which needs a Ray cluster")
+        else:
+            check_model(label, str(ref))
     scoring = score_identity(engine_cfg)
     settings = {
         "tasks": task_list,
@@ -236,10 +252,12 @@ def plan(
         engine=engine_cfg,
         scoring=scoring,
         settings=settings,
-        identities={label: model_identity(str(ref)) for label, ref in models.items()},
+        identities={label: identity_of(ref, Path(out_dir) / "cache") for label, ref in models.items()},
         plots=plots,
         progress=progress,
         contrasts=_checked_contrasts(contrasts, models, conds, own),
+        ray=ray,
+        keep_merges=keep_merges,
     )
 
 
@@ -259,7 +277,7 @@ def _checked_contrasts(contrasts, models, conds, own) -> tuple:
 
 
 def score_missing(run: BenchRun, units: List[tuple]) -> None:
-    """Score, in child processes, every unit the cache does not hold yet."""
+    """Score, in child processes or as Ray tasks, every unit the cache does not hold yet."""
     todo: Dict[str, Dict[Condition, List[tuple]]] = {}
     for unit in units:
         if load_unit(run.cache_dir, run.key_of(*unit)) is None:
@@ -267,7 +285,18 @@ def score_missing(run: BenchRun, units: List[tuple]) -> None:
     missing = sum(len(u) for per in todo.values() for u in per.values())
     log.info("%d of %d scoring units already done", len(units) - missing, len(units))
     if todo:
-        score_in_children(run.models, todo, run.key_of, run.out, run.settings, run.engine, run.progress)
+        score_units(
+            run.models,
+            todo,
+            run.key_of,
+            run.out,
+            run.settings,
+            run.engine,
+            run.progress,
+            ray=run.ray,
+            on_identity=run.identities.__setitem__,
+            keep_merges=run.keep_merges,
+        )
 
 
 def write_report(run: BenchRun, units: List[tuple]) -> dict:

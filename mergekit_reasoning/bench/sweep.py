@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable, Optional, Union
 
 from mergekit_reasoning.bench.identity import check_model
 from mergekit_reasoning.core.errors import BenchError, RecipeError
@@ -48,6 +48,16 @@ def merge_lambdas(recipe: Recipe, lams, out_root: Path) -> Dict[float, Path]:
     return folders
 
 
+def merged_models(recipe: Recipe, lams, out_root: Path, ray: Optional[str]) -> Dict[float, object]:
+    """Each λ's model: merged here into `out_root` (one pass), or on a Ray cluster a merge that the
+    node scoring it makes (cluster.NodeMerge), bitwise the same."""
+    if ray is None:
+        return {lam: str(folder) for lam, folder in merge_lambdas(recipe, lams, out_root).items()}
+    from mergekit_reasoning.bench.cluster import NodeMerge
+
+    return {lam: NodeMerge(recipe.text, lam, lambda_label(lam)) for lam in lams}
+
+
 def run_sweep(
     target: str,
     sft: str,
@@ -58,6 +68,7 @@ def run_sweep(
     *,
     merge_dtype: str = "bfloat16",
     plots: bool = True,
+    ray: Optional[str] = None,
     **bench_options,
 ) -> dict:
     """Merge each λ (λ = 0 is the target itself), score all of them, plot score against λ.
@@ -65,6 +76,7 @@ def run_sweep(
     `merge_dtype` is the dtype the merged models are written in. Extra keyword options
     go to `run_bench` (conditions, data_dir, limit, engine, dtype — the scoring dtype —,
     engine options such as tensor_parallel_size, ...); each λ is scored in its own process.
+    With `ray` (a cluster address), each λ is a Ray task that merges it on its node and scores it.
     """
     from mergekit_reasoning.bench.plots import plot_sweep
     from mergekit_reasoning.bench.runner import run_bench
@@ -81,8 +93,8 @@ def run_sweep(
         check_model(label, str(ref))
     out = Path(out_dir)
     recipe = Recipe.for_pair(target, grpo, sft, 1.0, merge_dtype)
-    merged = merge_lambdas(recipe, [lam for lam in lams if lam != 0], out / "merges")
-    models: Dict[str, str] = {lambda_label(lam): str(target if lam == 0 else merged[lam]) for lam in lams}
+    merged = merged_models(recipe, [lam for lam in lams if lam != 0], out / "merges", ray)
+    models = {lambda_label(lam): str(target) if lam == 0 else merged[lam] for lam in lams}
     baseline = bench_options.pop("baseline", None) or (lambda_label(0.0) if 0.0 in lams else None)
     document = run_bench(
         models,
@@ -90,6 +102,7 @@ def run_sweep(
         out_dir=out,
         baseline=baseline,
         plots=plots,
+        ray=ray,
         extra={
             "sweep": {
                 "lambdas": lams,

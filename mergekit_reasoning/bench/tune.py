@@ -64,9 +64,19 @@ class HarnessScorer:
     def _is_base(self, candidate) -> bool:
         return all(v == 0 for v in self.space.normal(candidate.params))
 
-    def folder(self, candidate) -> str:
-        if self._is_base(candidate):  # λ = 0 is the target itself, bit for bit
+    def folder(self, candidate):
+        """The candidate's model: the target for λ = 0, bit for bit; else its merged folder, or
+        on a Ray cluster the merge the node that scores it makes (cluster.NodeMerge)."""
+        if self._is_base(candidate):
             return str(self.pair.target)
+        if self.run.ray is not None:
+            from mergekit_reasoning.bench.cluster import NodeMerge
+            from mergekit_reasoning.executor.recipe import Recipe
+
+            if self.space.kind == "global":
+                return NodeMerge(self.pair.merge_recipe().text, float(candidate.setting), candidate.label)
+            recipe = Recipe.from_data(self.recipe_data(candidate.setting), source=f"tune candidate {candidate.label}")
+            return NodeMerge(recipe.text, None, candidate.label)
         return str(self.out / "merges" / candidate.label)
 
     def recipe_data(self, setting) -> dict:
@@ -80,6 +90,8 @@ class HarnessScorer:
         from mergekit_reasoning.executor.recipe import Recipe
 
         todo = [c for c in candidates if not self._is_base(c)]
+        if self.run.ray is not None:  # each is merged on the node that scores it
+            return
         if self.space.kind == "global":  # every λ of the batch in one pass over the inputs
             merge_lambdas(self.pair.merge_recipe(), [c.setting for c in todo], self.out / "merges")
             return
@@ -95,11 +107,11 @@ class HarnessScorer:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _identity(self, label: str, ref: str) -> dict:
-        from mergekit_reasoning.bench.identity import model_identity
+    def _identity(self, label: str, ref) -> dict:
+        from mergekit_reasoning.bench.cluster import identity_of
 
-        if label not in self.identities:
-            self.identities[label] = model_identity(ref)
+        if label not in self.identities or str(self.identities[label].get("sha256")).startswith("pending:"):
+            self.identities[label] = identity_of(ref, self.run.cache_dir)
         return self.identities[label]
 
     def dev_sizes(self) -> Dict[str, Dict[str, int]]:
@@ -120,7 +132,7 @@ class HarnessScorer:
 
     def score(self, candidates, rung: Optional[int], role: str = "dev") -> Dict[str, search.Outcomes]:
         from mergekit_reasoning.bench import data
-        from mergekit_reasoning.bench.children import score_in_children
+        from mergekit_reasoning.bench.cluster import score_units
         from mergekit_reasoning.bench.report import PRIMARY
         from mergekit_reasoning.bench.results import item_values, load_unit, unit_key
 
@@ -160,7 +172,7 @@ class HarnessScorer:
             if load_unit(self.run.cache_dir, key_of(*unit)) is None:
                 todo.setdefault(unit[0], {}).setdefault(unit[1], []).append(unit)
         if todo:
-            score_in_children(
+            score_units(
                 models,
                 todo,
                 key_of,
@@ -169,6 +181,9 @@ class HarnessScorer:
                 self.run.engine,
                 self.run.progress,
                 together=self.run.engine["engine"] == "hf",
+                ray=self.run.ray,
+                on_identity=self.identities.__setitem__,
+                keep_merges=self.run.keep_merges,
             )
         fresh = {(u[0], u[2]) for per in todo.values() for us in per.values() for u in us}
         out: Dict[str, search.Outcomes] = {label: {t: {} for t in tasks} for label in models}

@@ -89,6 +89,20 @@ _SCORING_OPTIONS = (
         is_flag=True,
         help="Score HumanEval even where full sandbox isolation is missing (recorded in the results).",
     ),
+    click.option(
+        "--ray",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Score each unit as a task on a Ray cluster: `auto` joins the one `ray start` made, an address "
+        "that cluster, no value starts one here. Needs the ray extra.",
+    ),
+    click.option(
+        "--keep-merges",
+        is_flag=True,
+        help="With --ray: leave each merge on the disk of the node that made it (default: removed once scored).",
+    ),
 )
 
 
@@ -99,10 +113,13 @@ def scoring_options(command):
     return command
 
 
-def scoring_kwargs(*, batch_size, no_plots, **given) -> dict:
-    """run_bench's keyword arguments from the shared options; engine options only where given."""
+def scoring_kwargs(*, batch_size, no_plots, ray=None, keep_merges=False, **given) -> dict:
+    """run_bench's keyword arguments from the shared options; engine options, and Ray's, only where given."""
     engine_options = {name: given.pop(name) for name in ENGINE_OPTION_NAMES}
+    if keep_merges and ray is None:
+        raise BenchError("--keep-merges is for --ray runs (a local run keeps its merges in OUT/merges)")
     return {
+        **({"ray": ray, "keep_merges": keep_merges} if ray is not None else {}),
         **given,
         "batch_size": _batch(batch_size),
         "plots": not no_plots,

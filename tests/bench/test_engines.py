@@ -292,7 +292,7 @@ def test_a_changed_setting_never_reuses_an_old_score(scored, model, fixture_data
     run_bench({"m": model}, "sciq", out_dir=out, **base)  # unchanged: everything is reused
     assert jobs == []
 
-    monkeypatch.setattr(runner, "score_in_children", record)
+    monkeypatch.setattr(runner, "score_units", record)
     if "versions" in change:
         real, other = engines.engine_versions, change["versions"]
         monkeypatch.setattr(engines, "engine_versions", lambda e: {**real(e), **other})

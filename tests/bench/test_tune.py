@@ -35,9 +35,12 @@ FAST = ["--batch-size", "4", "--max-gen-toks", "4", "--no-plots", "--polish", "0
 
 @pytest.fixture(scope="module")
 def tune_data(fixture_data, tmp_path_factory) -> Path:
+    return write_tune_data(fixture_data, tmp_path_factory.mktemp("tune-data") / "data")
+
+
+def write_tune_data(fixture_data: Path, root: Path) -> Path:
     """The fixture data with more rows: 24 SciQ questions (validation only), 25 GSM8K train questions,
     one of them the first of the CoT prompt's own examples, and 6 rows for BBH's navigate."""
-    root = tmp_path_factory.mktemp("tune-data") / "data"
     shutil.copytree(fixture_data, root)
     gases = ["oxygen", "helium", "neon", "argon", "nitrogen", "hydrogen", "xenon", "krypton"]
     rows = []
