@@ -29,12 +29,12 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _file_stem(label: str) -> str:
+def file_stem(label: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)[:60]
     return f"{safe}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         hint = " (out of memory?)" if -code == signal.SIGKILL else ""
@@ -64,19 +64,19 @@ def score_in_children(
         keys = [key_of(*unit) for label in labels for units in todo[label].values() for unit in units]
         job = build_job(labels, models, todo, key_of, cache_dir.resolve(), settings, engine)
         label = job_label(labels)
-        stem = _file_stem(label)
+        stem = file_stem(label)
         job_path = jobs_dir / f"{stem}.json"
         job_path.write_text(json.dumps(job))
         log_path = logs_dir / f"{stem}.log"
         bar.set_postfix_str(label)
         before = bar.n
-        code = _run_child(
+        code = run_child(
             job_path, log_path, lambda before=before, keys=keys: bar.update(before + _count(cache_dir, keys) - bar.n)
         )
         bar.update(before + _count(cache_dir, keys) - bar.n)
         if code != 0:
             error_path = job_path.with_suffix(".error")
-            reason = error_path.read_text().strip() if error_path.is_file() else _describe_exit(code)
+            reason = error_path.read_text().strip() if error_path.is_file() else describe_exit(code)
             failures.append(f"{named(labels, models)}: {reason} [log: {log_path}]")
         elif is_main_rank() and _count(cache_dir, keys) < len(keys):
             failures.append(f"{named(labels, models)}: finished without saving all its scores [log: {log_path}]")
@@ -134,7 +134,7 @@ def _count(cache_dir: Path, keys) -> int:
     return sum((cache_dir / f"{key}.json").is_file() for key in keys)
 
 
-def _run_child(job_path: Path, log_path: Path, on_tick, preexec_fn=None) -> int:
+def run_child(job_path: Path, log_path: Path, on_tick, preexec_fn=None) -> int:
     """Run the worker on one job with a bounded poll; an interrupt stops the child too.
 
     `preexec_fn` runs in the child before the worker starts (a Ray task ties the child's life to its own)."""

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from mergekit_reasoning.bench.children import (
-    _describe_exit,
-    _file_stem,
-    _run_child,
     build_job,
+    describe_exit,
+    file_stem,
     job_label,
     named,
+    run_child,
     score_in_children,
 )
 from mergekit_reasoning.bench.identity import is_local, model_identity
@@ -162,7 +162,7 @@ def _score_on_cluster(address, models, todo, key_of, out, settings, engine, prog
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
                 label, slots, submitted = pending.pop(ref)
-                log_path = logs_dir / f"{_file_stem(job_label([label]))}.log"
+                log_path = logs_dir / f"{file_stem(job_label([label]))}.log"
                 failure, line = _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, on_identity)
                 finished += 1
                 _say(f"[{finished}/{total}] {line}", progress)
@@ -214,7 +214,7 @@ def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, 
     saved = sum(load_unit(cache_dir, key_of(*unit)) is not None for unit in slots.values())
     line = f"{label} on node {node}: {saved}/{len(slots)} units, {on_node:.1f} s there, {overhead:.1f} s in Ray{kept}"
     if result["error"] is not None or result["code"] != 0:
-        reason = result["error"] or _describe_exit(result["code"])
+        reason = result["error"] or describe_exit(result["code"])
         return f"{who} on node {node}: {reason} [log: {log_path}]", line
     if saved < len(slots):
         return f"{who} on node {node}: finished without saving all its scores [log: {log_path}]", line
@@ -316,7 +316,7 @@ def _dies_with_parent():
         import ctypes
 
         prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: a cancelled task still stops its child (_run_child)
+    except (OSError, AttributeError):  # not Linux: a cancelled task still stops its child (run_child)
         return None
     return lambda: prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
 
@@ -341,9 +341,9 @@ def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) ->
         code = 1
         if error is None:
             job_path.write_text(json.dumps({**job, "cache_dir": str(work / "cache")}))
-            code = _run_child(job_path, log_path, lambda: None, preexec_fn=_dies_with_parent())
+            code = run_child(job_path, log_path, lambda: None, preexec_fn=_dies_with_parent())
             if code < 0:
-                raise UnitDied(_describe_exit(code), node, _read(log_path))
+                raise UnitDied(describe_exit(code), node, _read(log_path))
             error_path = job_path.with_suffix(".error")
             error = error_path.read_text().strip() if error_path.is_file() else None
         units = {p.stem: json.loads(p.read_text()) for p in sorted((work / "cache").glob("*.json"))}

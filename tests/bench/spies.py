@@ -8,11 +8,11 @@ def spy_on_children(monkeypatch) -> list:
     from mergekit_reasoning.bench import children
 
     jobs = []
-    real = children._run_child
+    real = children.run_child
 
     def run_child(job_path, log_path, on_tick):
         jobs.append(json.loads(job_path.read_text()))
         return real(job_path, log_path, on_tick)
 
-    monkeypatch.setattr(children, "_run_child", run_child)
+    monkeypatch.setattr(children, "run_child", run_child)
     return jobs

@@ -233,10 +233,10 @@ def test_a_pinned_hub_model_is_loaded_and_identified_at_its_revision(monkeypatch
 
 
 def test_a_killed_child_is_described():
-    from mergekit_reasoning.bench.children import _describe_exit
+    from mergekit_reasoning.bench.children import describe_exit
 
-    assert _describe_exit(-9) == "killed by SIGKILL (out of memory?)"
-    assert _describe_exit(3) == "exited with status 3"
+    assert describe_exit(-9) == "killed by SIGKILL (out of memory?)"
+    assert describe_exit(3) == "exited with status 3"
 
 
 # --- hf engine, one child process per model ---------------------------------------------------
