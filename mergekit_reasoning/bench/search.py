@@ -307,18 +307,7 @@ def open_study(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
     if isinstance(storage, str):
-        kwargs = {"connect_args": {"timeout": 120}} if storage.startswith("sqlite") else {}
-        try:
-            storage = optuna.storages.RDBStorage(
-                storage,
-                engine_kwargs=kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=_requeue,
-            )
-        except Exception as exc:  # an unreachable database, a malformed URL, a missing driver
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise BenchError(f"cannot open the study storage {storage}: {type(exc).__name__}: {first}") from exc
+        storage = _open_storage(storage, heartbeat, grace)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -328,9 +317,10 @@ def open_study(
         load_if_exists=True,
     )
     stored = study.user_attrs.get("settings")
-    if stored is None:
+    if stored is None:  # another process may be storing its own now: read back which one stands
         study.set_user_attr("settings", settings)
-    elif stored != settings:
+        stored = study.user_attrs.get("settings")
+    if stored != settings:
         changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
         raise BenchError(
             f"the study {name!r} in this storage was started with other settings ({', '.join(changed)} differ: "
@@ -338,6 +328,40 @@ def open_study(
             "use another --out, --storage or --study-name"
         )
     return study
+
+
+STORAGE_TRIES = 5
+
+
+def _open_storage(url: str, heartbeat: int, grace: int):
+    """optuna's RDBStorage for `url`. Processes that open a new database at the same moment race to
+    create its tables and version rows; the losers fail ("table ... already exists", a duplicate key)
+    and find them made when they try again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    for attempt in range(1, STORAGE_TRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=_requeue,
+            )
+        except (IntegrityError, OperationalError) as exc:
+            lost_race = isinstance(exc, IntegrityError) or "already exists" in str(exc)
+            if not lost_race or attempt == STORAGE_TRIES:
+                raise BenchError(_storage_error(url, exc)) from exc
+            time.sleep(0.2 * attempt)
+        except Exception as exc:  # an unreachable database, a malformed URL, a missing driver
+            raise BenchError(_storage_error(url, exc)) from exc
+
+
+def _storage_error(url: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"cannot open the study storage {url}: {type(exc).__name__}: {first}"
 
 
 def _requeue(study, trial) -> None:

@@ -282,6 +282,34 @@ def test_a_stored_study_refuses_other_settings(tmp_path):
         search.open_study(url, "s", space, schedule, {"dev_size": 20})
 
 
+def _open_at_once(url, barrier, results):
+    space = search.Space("global", 0.0, 1.0, 0.5)
+    barrier.wait()
+    try:
+        search.open_study(url, "s", space, search.Schedule(trials=2, batch=1, rungs=1), {"dev_size": 10})
+        results.put("ok")
+    except BaseException as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_one_new_storage_at_once_all_get_the_study(tmp_path):
+    """Tune processes started together on one new database (a cluster's) race to create optuna's
+    tables: before, most rounds left one with "table studies already exists" or a duplicate key."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'study{round_}.db'}"
+        barrier, results = context.Barrier(4), context.Queue()
+        processes = [context.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join()
+        assert outcomes == ["ok"] * 4, outcomes
+
+
 # -- tune end to end, real harness -----------------------------------------------------------------
 
 
