@@ -2,13 +2,14 @@
 
 Before anything else is imported, every cache the tests (and the tools they run)
 could write is pointed into one temporary folder for the session, removed at exit,
-so nothing lands in the user's home; and the hub is switched off, so a test that
-would reach the network fails fast instead of waiting on retries.
+so nothing lands in the user's home (Ray's token included); and the hub is switched
+off, so a test that would reach the network fails fast instead of waiting on retries.
 """
 
 import atexit
 import itertools
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,12 @@ for _variable, _folder in CACHE_DIRS.items():
 for _variable in ("TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE"):  # older names that would win over HF_HOME
     os.environ.pop(_variable, None)
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Ray (2.60) starts a local cluster with token authentication and, finding no token, writes one to
+# ~/.ray/auth_token: the test clusters get a token of their own, in the session's folder.
+_RAY_TOKEN = CACHE_ROOT / "ray-auth-token"
+_RAY_TOKEN.write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_RAY_TOKEN)
+os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
