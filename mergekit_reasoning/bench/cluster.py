@@ -148,13 +148,14 @@ def _score_on_cluster(address, models, todo, key_of, out, settings, engine, prog
     task = ray.remote(score_unit_here).options(
         max_retries=MAX_RETRIES, retry_exceptions=[UnitDied], name="mergekit-reasoning unit", **resources
     )
+    starts = _start_register()
     pending = {}
     for label in todo:
         units = [unit for per in todo[label].values() for unit in per]
         slots = {unit: f"u{i}" for i, unit in enumerate(units)}
         job = build_job([label], refs, todo, lambda *unit, slots=slots: slots[unit], Path("."), settings, engine)
         merge = refs[label] if isinstance(refs[label], NodeMerge) else None
-        ref = task.remote(job, merge, keep_merges)
+        ref = task.remote(job, merge, keep_merges, starts, label)
         pending[ref] = (label, {slot: unit for unit, slot in slots.items()}, time.time())
     failures, finished, total = [], 0, len(pending)
     try:
@@ -163,7 +164,9 @@ def _score_on_cluster(address, models, todo, key_of, out, settings, engine, prog
             for ref in ready:
                 label, slots, submitted = pending.pop(ref)
                 log_path = logs_dir / f"{file_stem(job_label([label]))}.log"
-                failure, line = _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, on_identity)
+                failure, line = _collect(
+                    ref, label, slots, submitted, log_path, models, key_of, cache_dir, on_identity, starts
+                )
                 finished += 1
                 _say(f"[{finished}/{total}] {line}", progress)
                 if failure:
@@ -172,11 +175,13 @@ def _score_on_cluster(address, models, todo, key_of, out, settings, engine, prog
         for ref in pending:  # force: the worker process dies, and its scoring child with it
             ray.cancel(ref, force=True)
         raise
+    finally:
+        ray.kill(starts)  # a connection kept for a next run (a notebook) keeps no register of this one
     if failures:
         raise BenchError("; ".join(failures) + " - finished scores are kept; rerun to resume")
 
 
-def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, on_identity):
+def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, on_identity, starts):
     """Save one finished task's units into the driver's cache and its log into out/logs;
     (failure line or None, progress line)."""
     import ray
@@ -190,9 +195,16 @@ def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, 
         if isinstance(died, UnitDied):
             log_path.write_text(f"[ray] {label}: last try on node {died.node}: {died.reason}\n{died.log}")
             line = f"{who} on node {died.node}: {died.reason} after {MAX_RETRIES + 1} tries [log: {log_path}]"
-        else:  # the worker or its node was lost each time: there is no log to keep
+        else:  # the worker or its node was lost each time: its own log went with it; keep what Ray said
+            nodes = _tries_of(starts, label)
+            where = f"last on node {nodes[-1]}" if nodes else "before it started on any node"
+            tries = "".join(f"[ray] try {i} started on node {node}\n" for i, node in enumerate(nodes, 1))
+            log_path.write_text(f"[ray] {label}: Ray lost its worker each time\n{tries}{exc}\n")
             first = (str(exc).strip().splitlines() or [""])[0]
-            line = f"{who}: Ray lost its task {MAX_RETRIES + 1} times: {type(exc).__name__}: {first}"
+            line = (
+                f"{who}: Ray lost its worker {MAX_RETRIES + 1} times, {where}: "
+                f"{type(exc).__name__}: {first} [log: {log_path}]"
+            )
         return line, line
     received = time.time()
     node = result["node"]
@@ -219,6 +231,38 @@ def _collect(ref, label, slots, submitted, log_path, models, key_of, cache_dir, 
     if saved < len(slots):
         return f"{who} on node {node}: finished without saving all its scores [log: {log_path}]", line
     return None, line
+
+
+class StartRegister:
+    """The node each try of a unit started on, kept by an actor on the driver's node: a worker that
+    Ray lost (killed, out of memory, its node gone) cannot say where it ran."""
+
+    def __init__(self):
+        self.nodes = {}
+
+    def started(self, label: str, node: str) -> None:
+        self.nodes.setdefault(label, []).append(node)
+
+    def of(self, label: str) -> List[str]:
+        return self.nodes.get(label, [])
+
+
+def _start_register():
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(StartRegister).options(num_cpus=0, scheduling_strategy=here).remote()
+
+
+def _tries_of(starts, label: str) -> List[str]:
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        return ray.get(starts.of.remote(label), timeout=30)
+    except RayError:  # the register is lost too: the line says less, the run goes on
+        return []
 
 
 def _say(line: str, progress: bool) -> None:
@@ -321,11 +365,16 @@ def _dies_with_parent():
     return lambda: prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
 
 
-def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool) -> dict:
+def score_unit_here(job: dict, merge: Optional[NodeMerge], keep_merges: bool, starts=None, label: str = "") -> dict:
     """The Ray task: merge (where asked) into this node's local disk, score in a child process into a
-    node-local cache, and return the units, the log and where it ran; the merge is removed unless kept."""
+    node-local cache, and return the units, the log and where it ran; the merge is removed unless kept.
+    `starts` (a StartRegister) learns where each try began."""
+    import ray
+
     started = time.time()
     node = _this_node()
+    if starts is not None:
+        ray.get(starts.started.remote(label, node))
     _remove_leftovers()
     work = Path(tempfile.mkdtemp(prefix=f"{UNIT_PREFIX}{os.getpid()}-"))
     job_path, log_path, folder = work / "job.json", work / "worker.log", work / "merges" / (merge.name if merge else "")

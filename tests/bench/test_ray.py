@@ -150,32 +150,37 @@ def test_sweep_and_bench_on_two_nodes_score_as_locally_and_resume(cluster, trio,
 
 def test_a_killed_worker_is_retried_and_a_failing_unit_is_one_line(cluster, trio, data, tmp_path, monkeypatch):
     """The scoring child is killed (as by the OOM killer), then the Ray worker itself: Ray runs the
-    unit a third time and it completes; a model that cannot load fails once, in one line naming
-    the unit, its node and its log, and the other unit's scores are kept."""
+    unit a third time and it completes; a model that cannot load fails once, and one whose Ray worker
+    is lost on every try fails after three, each in one line naming the unit, its node and its log;
+    the other unit's scores are kept."""
     from mergekit_reasoning.bench import BenchError, run_bench, runner
 
     broken = tmp_path / "broken"
     shutil.copytree(trio["target"], broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    killed, stop = [], threading.Event()
+    killed, lost, stop = [], [], threading.Event()
 
-    def kill_good_ones():
-        while not stop.is_set() and len(killed) < 2:
+    def kill_workers():
+        while not stop.is_set() and (len(killed) < 2 or len(lost) < 3):
             for pid, parent, job in _unit_children():
-                if job.get("label") == "good" and pid not in {k[0] for k in killed}:
+                if job.get("label") == "good" and len(killed) < 2 and pid not in {k[0] for k in killed}:
                     time.sleep(1.0)  # mid-unit: the child is importing lm-eval or loading the model
                     victim = pid if not killed else parent  # first the child, then the Ray worker
                     os.kill(victim, signal.SIGKILL)
                     killed.append((pid, parent))
                     break
+                if job.get("label") == "lost" and parent not in lost:
+                    os.kill(parent, signal.SIGKILL)  # the Ray worker, on every try
+                    lost.append(parent)
+                    break
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_good_ones, daemon=True)
+    killer = threading.Thread(target=kill_workers, daemon=True)
     killer.start()
     try:
         with pytest.raises(BenchError) as failed:
             run_bench(
-                {"good": str(trio["target"]), "bad": str(broken)},
+                {"good": str(trio["target"]), "bad": str(broken), "lost": str(trio["sft"])},
                 "sciq",
                 out_dir=tmp_path / "out",
                 ray=cluster.address,
@@ -185,16 +190,28 @@ def test_a_killed_worker_is_retried_and_a_failing_unit_is_one_line(cluster, trio
         stop.set()
         killer.join()
     message = str(failed.value)
-    assert len(killed) == 2
+    assert len(killed) == 2 and len(lost) == 3
     assert "\n" not in message and "'good'" not in message
     assert f"model 'bad' ({broken}) on node " in message and "cannot load model 'bad'" in message
-    bad_log = tmp_path / "out" / "logs"
-    assert f"[log: {bad_log}" in message and "finished scores are kept" in message
+    logs = tmp_path / "out" / "logs"
+    assert f"[log: {logs}" in message and "finished scores are kept" in message
+    lost_line = next(part for part in message.split("; ") if "'lost'" in part)
+    assert re.search(r"Ray lost its worker 3 times, last on node \S+ \((\w{8}),", lost_line), lost_line
+    lost_log = Path(re.search(r"\[log: ([^\]]+)\]", lost_line)[1])
+    assert lost_log.parent == logs and "try 3 started on node" in lost_log.read_text()
     assert _gone(killed[1][0])  # the second try's child died with its Ray worker
     # the good model's units were saved: a rerun with it alone scores nothing
     monkeypatch.setattr(runner, "score_units", lambda *a, **k: pytest.fail("scored again"))
     done = run_bench({"good": str(trio["target"])}, "sciq", out_dir=tmp_path / "out", **_options(data))
     assert done["scores"] and not _unit_children()
+
+
+def _as_in_a_terminal():
+    """Ctrl-C's SIGINT handled as by a command in a terminal's foreground: a suite started in the
+    background by a non-interactive shell (`pytest &`, CI scripts) has SIGINT ignored, and its
+    children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp_path):
@@ -206,7 +223,12 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp
                   ray={cluster.address!r}, data_dir={data!r}, limit=2, batch_size=4, progress=False, plots=False)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_as_in_a_terminal,
+    )
     try:
         deadline = time.time() + 120
         while not _unit_children() and time.time() < deadline and proc.poll() is None:
@@ -219,7 +241,7 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "KeyboardInterrupt" in output
+    assert "KeyboardInterrupt" in output, (proc.returncode, output[-2000:])
     assert all(_gone(pid) for pid, _, _ in children), "a scoring child outlived Ray's cancelled task"
     assert not list((tmp_path / "out" / "cache").glob("*.json"))
 
@@ -244,6 +266,29 @@ def test_tune_on_the_cluster_picks_and_reports_as_locally(cluster, trio, tune_da
     assert (tmp_path / "ray" / "table.md").read_text() == (tmp_path / "local" / "table.md").read_text()
     local_doc, ray_doc = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
     assert ray_doc["comparisons"] == local_doc["comparisons"] and ray_doc["items"] == local_doc["items"]
+
+
+def test_reproduce_on_the_cluster_merges_plus_and_minus_on_the_nodes_and_reports_as_locally(
+    cluster, trio, data, tmp_path
+):
+    """±v merged on the nodes that score them (removed there); the paper table, per-item outputs and
+    comparisons of a local reproduce."""
+    from mergekit_reasoning.bench.reproduce import reproduce
+
+    from .test_reproduce import _recipe
+
+    recipe = _recipe(tmp_path / "r", trio)
+    options = dict(tasks="sciq", conditions="plain", paper_size="1.5B", donor=False, **_options(data, limit=1))
+    local = reproduce(recipe, tmp_path / "local", **options)
+    on_ray = reproduce(recipe, tmp_path / "ray", ray=cluster.address, **options)
+    assert _nodes_of(tmp_path / "ray") == _node_ids()
+    assert (tmp_path / "local" / "merges").is_dir() and not (tmp_path / "ray" / "merges").exists()
+    assert (tmp_path / "ray" / "table.md").read_text() == (tmp_path / "local" / "table.md").read_text()
+    assert on_ray["items"] == local["items"] and on_ray["samples"] == local["samples"]
+    assert on_ray["comparisons"] == local["comparisons"] and on_ray["scores"] == local["scores"]
+    assert {label: m["sha256"] for label, m in on_ray["models"].items()} == {
+        label: m["sha256"] for label, m in local["models"].items()
+    }
 
 
 def test_a_folder_one_node_cannot_see_is_one_line_before_scoring(cluster, trio, data, tmp_path):
