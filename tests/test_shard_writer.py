@@ -178,6 +178,54 @@ def test_spare_reserved_files_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def _interrupt_on_call(real, number):
+    """`real`, except that its `number`th call raises KeyboardInterrupt (a Ctrl-C or SIGTERM there)."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("where", ["split_shards", "rename"])
+def test_a_writer_interrupted_before_it_adopts_its_reserved_files_leaves_none(where, tmp_path, monkeypatch):
+    """Taken files are a writer's own only once renamed into its folder: a signal in between (while
+    it plans its shards, seen under SIGTERM in the suite; or between two renames) left
+    `.out.reserved-*` files beside the output."""
+    import os
+
+    from mergekit_reasoning.executor import shard_writer
+
+    tensors = {f"w{i}": torch.ones(64) for i in range(6)}
+    tiny_safetensors(tmp_path / "target", tensors, 600)
+    reservation = reserve(recipe_for(tmp_path, tmp_path / "target", "float32"), [tmp_path / "out"], 600, budget=1 << 30)
+    assert len([p for p in tmp_path.iterdir() if ".reserved-" in p.name]) == 3
+    (tmp_path / "out").mkdir()
+    if where == "rename":
+        monkeypatch.setattr(shard_writer.os, "rename", _interrupt_on_call(os.rename, 2))
+    else:
+        monkeypatch.setattr(shard_writer, "split_shards", _interrupt_on_call(shard_writer.split_shards, 1))
+    with pytest.raises(KeyboardInterrupt):
+        write_mapped(tmp_path / "out", tensors, 600, reserved=reservation.take(0))
+    monkeypatch.undo()
+    reservation.release()
+    assert not [p.name for p in tmp_path.iterdir() if ".reserved-" in p.name]
+
+
+def test_an_interrupted_reservation_leaves_no_files(tmp_path, monkeypatch):
+    from mergekit_reasoning.executor import reserve as reserving
+
+    tiny_safetensors(tmp_path / "target", {f"w{i}": torch.ones(64) for i in range(6)}, 600)
+    monkeypatch.setattr(reserving, "_create", _interrupt_on_call(reserving._create, 3))
+    with pytest.raises(KeyboardInterrupt):
+        reserve(recipe_for(tmp_path, tmp_path / "target", "float32"), [tmp_path / "out"], 600, budget=1 << 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yml", "target"]
+
+
 def with_data(header: bytes, data_bytes: int) -> bytes:
     return len(header).to_bytes(8, "little") + header + bytes(data_bytes)
 

@@ -47,6 +47,7 @@ class Reservation:
 
     def __init__(self, files: List[List[ReservedFile]], budget: int):
         self._files = files
+        self._made = [reserved for made in files for reserved in made]  # taken ones too, see release
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._page_in, args=(budget,), name="reserve-outputs", daemon=True)
         self._thread.start()
@@ -59,13 +60,15 @@ class Reservation:
         return taken
 
     def release(self) -> None:
-        """Remove whatever was not taken."""
+        """Remove every file no writer adopted: those not taken, and those taken by a writer that
+        was interrupted (a SIGTERM, Ctrl-C) before it renamed them into its folder."""
         self._stop.set()
         self._thread.join()
-        for files in self._files:
-            for reserved in files:
+        for reserved in self._made:
+            if os.path.lexists(reserved.path):  # an adopted file has left this name
                 discard(reserved)
         self._files = [[] for _ in self._files]
+        self._made = []
 
     def _page_in(self, budget: int) -> None:
         try:
@@ -111,13 +114,16 @@ def reserve(
                 files.append([])
                 continue
             remove_leftovers(out.parent, out.name)  # what killed runs reserved here before
-            files.append(
-                [_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size) for k, size in enumerate(sizes)]
-            )
-    except OSError as error:
+            made: List[ReservedFile] = []
+            files.append(made)  # before the files are made: an interruption finds each one here
+            for k, size in enumerate(sizes):
+                made.append(_create(out.parent / f".{out.name}.reserved-{os.getpid()}-{k}", size))
+    except BaseException as error:  # a SIGTERM or Ctrl-C while reserving leaves nothing either
         for made in files:
             for reserved in made:
                 discard(reserved)
+        if not isinstance(error, OSError):
+            raise
         LOG.debug("no output reservation: %s", error)
         return None
     return Reservation(files, budget)
