@@ -1,5 +1,7 @@
 """`--ray`: units scored as Ray tasks on a two-node cluster on this machine (ray.cluster_utils.Cluster).
 
+Marked `cluster`: the suite leaves them out (about 4 minutes of a 2-core machine, one cluster
+at a time); `python -m pytest -q -n 0 -m cluster` runs them, as CI does after the suite.
 The tests of one pytest worker share one cluster, in file order (the node whose mount namespace
 hides a folder joins last); a lock keeps a second worker's cluster from running beside it (xdist's
 loadgroup cannot: under pytest 9 it no longer renames the tests it groups).
@@ -109,6 +111,7 @@ def _gone(pid: int, within: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.cluster
 def test_sweep_and_bench_on_two_nodes_score_as_locally_and_resume(cluster, trio, data, tmp_path, monkeypatch):
     from mergekit_reasoning.bench import run_bench, run_sweep, runner
 
@@ -148,6 +151,7 @@ def test_sweep_and_bench_on_two_nodes_score_as_locally_and_resume(cluster, trio,
     assert benched["items"] == local["items"] and benched["samples"] == local["samples"]
 
 
+@pytest.mark.cluster
 def test_a_killed_worker_is_retried_and_a_failing_unit_is_one_line(cluster, trio, data, tmp_path, monkeypatch):
     """The scoring child is killed (as by the OOM killer), then the Ray worker itself: Ray runs the
     unit a third time and it completes; a model that cannot load fails once, and one whose Ray worker
@@ -214,6 +218,7 @@ def _as_in_a_terminal():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+@pytest.mark.cluster
 def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp_path):
     driver = textwrap.dedent(
         f"""
@@ -246,6 +251,7 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, trio, data, tmp
     assert not list((tmp_path / "out" / "cache").glob("*.json"))
 
 
+@pytest.mark.cluster
 def test_tune_on_the_cluster_picks_and_reports_as_locally(cluster, trio, tune_data, tmp_path):
     """Each candidate merged and scored on a node; the same trials, table and results as locally."""
     pytest.importorskip("optuna")
@@ -268,6 +274,7 @@ def test_tune_on_the_cluster_picks_and_reports_as_locally(cluster, trio, tune_da
     assert ray_doc["comparisons"] == local_doc["comparisons"] and ray_doc["items"] == local_doc["items"]
 
 
+@pytest.mark.cluster
 def test_reproduce_on_the_cluster_merges_plus_and_minus_on_the_nodes_and_reports_as_locally(
     cluster, trio, data, tmp_path
 ):
@@ -291,6 +298,7 @@ def test_reproduce_on_the_cluster_merges_plus_and_minus_on_the_nodes_and_reports
     }
 
 
+@pytest.mark.cluster
 def test_a_folder_one_node_cannot_see_is_one_line_before_scoring(cluster, trio, data, tmp_path):
     """A third node joins in a mount namespace where the models' folder is an empty tmpfs: it cannot
     see the model the driver sees, as a node without the shared storage mounted would not."""
