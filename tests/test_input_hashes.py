@@ -17,6 +17,37 @@ from mergekit_reasoning.executor.recipe import Recipe
 from mergekit_reasoning.testing.standins import write_trio
 
 
+def test_a_range_hashed_before_its_load_returns_does_not_hang_the_merge(sharded, monkeypatch):
+    """A small range can be hashed before `loaded` has registered its callback; the callback then
+    runs in the merge's own thread, which held the hasher's lock: the merge hung for good (seen in a
+    CI run of the suite). A pool that finishes each range at once makes it happen every time."""
+    from concurrent.futures import Future
+
+    class AtOnce:
+        def __init__(self, **_):
+            pass
+
+        def submit(self, function, *args):
+            done = Future()
+            done.set_result(function(*args))
+            return done
+
+        def shutdown(self, **_):
+            pass
+
+    monkeypatch.setattr(input_hashes, "ThreadPoolExecutor", AtOnce)
+    path = next(sharded["sft"].glob("*.safetensors")).resolve()
+    names = list(hashing.byte_ranges(path)[1])
+    hashes = input_hashes.InputHashes([path], [(path, name) for name in names], backlog=0)
+    merge = threading.Thread(target=lambda: [hashes.loaded(path, name) for name in names], daemon=True)
+    merge.start()
+    merge.join(10)
+    assert not merge.is_alive(), "the merge's thread hung in loaded()"
+    hashes.wait_for_hasher()  # nothing behind
+    assert hashes.digests()[path] == reference_ranges_digest(path)
+    hashes.close()
+
+
 def reference_ranges_digest(path: Path, scheme: str = "blake3-ranges:") -> str:
     """Independently: BLAKE3 (or, for the older scheme, SHA-256) over the same hash of the
     header, of each tensor's bytes and of any gap, in file order."""

@@ -77,7 +77,9 @@ class InputHashes:
             file.digests[index] = future
             if cached:
                 self._behind += end - begin
-                future.add_done_callback(lambda _, size=end - begin: self._hashed(size))
+        # Outside the lock: a future already done runs its callback here, and _hashed takes the lock.
+        if cached:
+            future.add_done_callback(lambda _, size=end - begin: self._hashed(size))
 
     def _hashed(self, size: int) -> None:
         with self._caught_up:
