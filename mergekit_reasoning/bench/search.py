@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Protocol, Sequence
@@ -381,6 +382,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Tells this process from an earlier one that had its pid (a rerun as pid 1 in a container).
+_PROCESS = uuid.uuid4().hex
+
+
 def fail_stale(study) -> None:
     """Fail the running trials nobody is scoring any more, and queue their points again:
     by optuna's heartbeat, and at once for a trial of this host whose process is gone."""
@@ -391,12 +396,16 @@ def fail_stale(study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("owner") or {}
-        if owner.get("host") == host and owner.get("pid") not in (None, os.getpid()) and not _alive(owner["pid"]):
-            try:
-                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another process got there first
-            _requeue(study, trial)
+        if owner.get("host") != host or owner.get("pid") is None:
+            continue
+        ours = owner["pid"] == os.getpid() and owner.get("process") == _PROCESS
+        if ours or (owner["pid"] != os.getpid() and _alive(owner["pid"])):
+            continue  # its process is gone, or was an earlier one with this pid (as pid 1 in a container)
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        _requeue(study, trial)
 
 
 class _Heartbeat:
@@ -489,9 +498,10 @@ def run(
     poll: float = 1.0,
 ) -> None:
     """Ask, merge, score rung by rung, prune and tell, batch after batch, until the study holds
-    `schedule.trials` trials (this process's and any other's) or every grid point has been tried;
-    then polish: score every grid point within `schedule.polish` steps of the best along each axis
-    that no trial has tried yet, until the best's neighbourhood is done."""
+    `schedule.trials` trials (this process's and any other's) or every grid point has been tried,
+    and none of them is still running elsewhere; then polish: score every grid point within
+    `schedule.polish` steps of the best along each axis that no trial has tried yet, until the
+    best's neighbourhood is done."""
     with _Heartbeat(study, heartbeat) as beats:
         _loop(study, space, schedule, objective, scorer, beats, poll, schedule.trials)
         while schedule.polish:
@@ -537,11 +547,16 @@ def _loop(study, space, schedule, objective, scorer, beats, poll, target: int) -
         fail_stale(study)
         room = target - _counted(study)
         if room <= 0 or _distinct(study, space) >= space.grid_size():
-            return
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            # Another process's trials still run: the study is not settled until they finish (or die
+            # and are queued again), and a winner picked now could differ from the one it reports.
+            time.sleep(poll)
+            continue
         batch = []
         for _ in range(min(schedule.batch, room)):
             trial = study.ask(space.distributions())
-            trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+            trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid(), "process": _PROCESS})
             beats.add(trial)
             batch.append(trial)
         fresh, copies = [], []

@@ -310,6 +310,70 @@ def test_processes_opening_one_new_storage_at_once_all_get_the_study(tmp_path):
         assert outcomes == ["ok"] * 4, outcomes
 
 
+def _foreign_running_trial(study, space, params, owner):
+    """A trial that another process holds, with `params`."""
+    study.enqueue_trial(params)
+    trial = study.ask(space.distributions())
+    trial.set_user_attr("owner", owner)
+    return trial
+
+
+def test_a_process_reports_only_once_the_other_processes_trials_have_finished(tmp_path):
+    """Two tune processes on one study each pick a winner: the one that ran out of points first
+    used to pick it while the other's last trial still ran, and the two reported different winners
+    (seen in CI: λ = 1 by one, λ = 0 by the other, tied on the dev objective)."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    space = search.Space("global", 0.0, 1.0, 0.5)  # 3 points
+    schedule = search.Schedule(trials=3, batch=1, rungs=1, sampler="grid", seed=0, polish=0)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = search.open_study(url, "s", space, schedule, {})
+    other = search.open_study(url, "s", space, schedule, {})  # another process's view
+    held = other.ask(space.distributions())  # the grid's first point, held by the other process
+    held.set_user_attr("owner", {"host": "elsewhere", "pid": 1, "process": "x"})
+
+    def finish_once_all_are_asked():
+        while len(other.get_trials(deepcopy=False)) < 3:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        other.tell(held, 100.0)  # the best of all: the other process's point wins
+
+    finisher = threading.Thread(target=finish_once_all_are_asked)
+    finisher.start()
+    scorer = Surface(space, (-5.0,), 12, 1, 3)  # about 25% right at every point
+    try:
+        search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), scorer, poll=0.1)
+        states = [t.state for t in study.get_trials()]
+    finally:
+        finisher.join()
+    assert states == [TrialState.COMPLETE] * 3
+    assert "duplicate_of" not in str([t.user_attrs for t in study.get_trials()])  # three distinct points
+    assert search.best_trial(study, space).number == held.number
+
+
+def test_a_trial_left_running_by_an_earlier_process_with_this_pid_is_scored_again(tmp_path):
+    """A rerun can get the pid of the run that died (pid 1 in a container): its trial is not ours."""
+    from optuna.trial import TrialState
+
+    space = search.Space("global", 0.0, 1.0, 0.5)
+    schedule = search.Schedule(trials=3, batch=1, rungs=1, sampler="grid", seed=0, polish=0)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = search.open_study(url, "s", space, schedule, {})
+    import socket
+
+    earlier = {"host": socket.gethostname(), "pid": os.getpid(), "process": "an earlier one"}
+    dead = _foreign_running_trial(study, space, {"lambda": 0.5}, earlier)
+    started = time.monotonic()
+    search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), Surface(space, (1.0,), 6, 1, 3))
+    assert time.monotonic() - started < 30  # not after the 60 s heartbeat grace
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert [t.state for t in retried] == [TrialState.COMPLETE] and retried[0].params == {"lambda": 0.5}
+
+
 # -- tune end to end, real harness -----------------------------------------------------------------
 
 
