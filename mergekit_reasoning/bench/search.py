@@ -499,7 +499,7 @@ def run(
 ) -> None:
     """Ask, merge, score rung by rung, prune and tell, batch after batch, until the study holds
     `schedule.trials` trials (this process's and any other's) or every grid point has been tried,
-    and none of them is still running elsewhere; then polish: score every grid point within
+    and no trial is still queued or running elsewhere; then polish: score every grid point within
     `schedule.polish` steps of the best along each axis that no trial has tried yet, until the
     best's neighbourhood is done."""
     with _Heartbeat(study, heartbeat) as beats:
@@ -545,8 +545,11 @@ def _loop(study, space, schedule, objective, scorer, beats, poll, target: int) -
 
     while True:
         fail_stale(study)
-        room = target - _counted(study)
-        if room <= 0 or _distinct(study, space) >= space.grid_size():
+        # Queued points (another process's polish, a dead trial's retry, a run interrupted after
+        # queueing) are scored by whichever process asks first, past the target if need be.
+        queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        room = max(target - _counted(study), queued)
+        if room <= 0 or (not queued and _distinct(study, space) >= space.grid_size()):
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return
             # Another process's trials still run: the study is not settled until they finish (or die

@@ -374,6 +374,28 @@ def test_a_trial_left_running_by_an_earlier_process_with_this_pid_is_scored_agai
     assert [t.state for t in retried] == [TrialState.COMPLETE] and retried[0].params == {"lambda": 0.5}
 
 
+def test_a_point_another_process_queued_is_scored_before_the_winner_is_picked(tmp_path):
+    """Another process's polish queues points once the study holds its trials: this process
+    used to stop at the trial count, and pick its winner without them."""
+    from optuna.trial import TrialState
+
+    space = search.Space("global", 0.0, 1.0, 0.5)
+    schedule = search.Schedule(trials=1, batch=1, rungs=1, sampler="grid", seed=0, polish=0)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = search.open_study(url, "s", space, schedule, {})
+    scorer = Surface(space, (1.0,), 12, 1, 3)
+    search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), scorer)
+    first = study.get_trials()[0].params["lambda"]
+    other = search.open_study(url, "s", space, schedule, {})
+    queued = [{"lambda": v} for v in (0.0, 0.5, 1.0) if v != first]
+    for params in queued:
+        other.enqueue_trial(params, user_attrs={"polish": True})
+    search.run(study, space, schedule, search.Objective({"gsm8k_cot": 1.0}), scorer)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert sorted(t.params["lambda"] for t in trials) == [0.0, 0.5, 1.0]
+
+
 # -- tune end to end, real harness -----------------------------------------------------------------
 
 
