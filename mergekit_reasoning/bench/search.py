@@ -398,9 +398,12 @@ def fail_stale(study) -> None:
         owner = trial.user_attrs.get("owner") or {}
         if owner.get("host") != host or owner.get("pid") is None:
             continue
-        ours = owner["pid"] == os.getpid() and owner.get("process") == _PROCESS
-        if ours or (owner["pid"] != os.getpid() and _alive(owner["pid"])):
-            continue  # its process is gone, or was an earlier one with this pid (as pid 1 in a container)
+        if owner["pid"] == os.getpid():  # this process's, or an earlier one's that had this pid (pid 1 in a container)
+            alive = owner.get("process") == _PROCESS
+        else:
+            alive = _alive(owner["pid"])
+        if alive:
+            continue
         try:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -474,17 +477,12 @@ def _copy(study, trial, original) -> None:
         study.tell(trial, state=TrialState.PRUNED)
 
 
-def _counted(study) -> int:
+def _held(trials) -> list:
+    """The trials that count against the target and hold their point: finished, or being scored
+    (not failed, not queued)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
-
-
-def _distinct(study, space: Space) -> int:
-    from optuna.trial import TrialState
-
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return len({space.normal(t.params) for t in study.get_trials(deepcopy=False, states=states) if t.params})
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
 
 
 def run(
@@ -510,7 +508,16 @@ def run(
                 break
             for params in todo:
                 study.enqueue_trial(params, user_attrs={"polish": True})
-            _loop(study, space, schedule, objective, scorer, beats, poll, _counted(study) + len(todo))
+            _loop(
+                study,
+                space,
+                schedule,
+                objective,
+                scorer,
+                beats,
+                poll,
+                len(_held(study.get_trials(deepcopy=False))) + len(todo),
+            )
 
 
 def _unvisited_neighbours(study, space: Space, steps: int) -> List[dict]:
@@ -547,10 +554,13 @@ def _loop(study, space, schedule, objective, scorer, beats, poll, target: int) -
         fail_stale(study)
         # Queued points (another process's polish, a dead trial's retry, a run interrupted after
         # queueing) are scored by whichever process asks first, past the target if need be.
-        queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        room = max(target - _counted(study), queued)
-        if room <= 0 or (not queued and _distinct(study, space) >= space.grid_size()):
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trials = study.get_trials(deepcopy=False)  # one read of the storage per pass
+        held = _held(trials)
+        queued = sum(t.state == TrialState.WAITING for t in trials)
+        room = max(target - len(held), queued)
+        grid_done = not queued and len({space.normal(t.params) for t in held if t.params}) >= space.grid_size()
+        if room <= 0 or grid_done:
+            if not any(t.state == TrialState.RUNNING for t in held):
                 return
             # Another process's trials still run: the study is not settled until they finish (or die
             # and are queued again), and a winner picked now could differ from the one it reports.

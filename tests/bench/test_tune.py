@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -361,8 +362,6 @@ def test_a_trial_left_running_by_an_earlier_process_with_this_pid_is_scored_agai
     schedule = search.Schedule(trials=3, batch=1, rungs=1, sampler="grid", seed=0, polish=0)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = search.open_study(url, "s", space, schedule, {})
-    import socket
-
     earlier = {"host": socket.gethostname(), "pid": os.getpid(), "process": "an earlier one"}
     dead = _foreign_running_trial(study, space, {"lambda": 0.5}, earlier)
     started = time.monotonic()
